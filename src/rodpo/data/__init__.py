@@ -1,0 +1,1 @@
+"""Raw data: download, parse and preprocess Amazon review datasets into sequences."""

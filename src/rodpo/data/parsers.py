@@ -1,0 +1,606 @@
+"""Parse raw Amazon review dumps (2014, 2018, 2023 formats) and RecBole atomic files into the
+intermediate tables of the contracts: ``raw_interactions`` (user_id, item_id, timestamp seconds,
+file order) and ``raw_items`` (item_id, title, description, brand, categories, image_url).
+
+Interactions come from files of tens of millions of lines, so the whole file is first read by
+polars' native (multi-threaded, streaming-decompression) reader with only the three needed fields.
+Only if that fails (a malformed line, a missing field) is the file re-read block by block, with a
+per-line fallback inside the blocks that fail, so malformed lines are counted exactly and no good
+row is lost. Item metadata is parsed line by line (the text needs cleaning anyway).
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import html
+import io
+import logging
+import math
+import queue
+import re
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import polars as pl
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("demo", "amazon2014", "amazon2018", "amazon2023", "recbole")
+_FORMAT_OF_SOURCE = {"demo": "amazon2018"}  # the demo generator writes the 2018 format
+
+INTERACTION_SCHEMA = {"user_id": pl.Utf8, "item_id": pl.Utf8, "timestamp": pl.Int64}
+ITEM_SCHEMA = {
+    "item_id": pl.Utf8,
+    "title": pl.Utf8,
+    "description": pl.Utf8,
+    "brand": pl.Utf8,
+    "categories": pl.Utf8,
+    "image_url": pl.Utf8,
+}
+CATEGORY_LEVEL_SEP = " > "
+CATEGORY_PATH_SEP = " | "
+BLOCK_BYTES = 1 << 24  # slow path: decompressed bytes handed to polars (or per-line) at a time
+PREFETCH_BLOCKS = 2  # blocks decompressed ahead by a helper thread (zlib releases the GIL)
+SNIPPET_CHARS = 120
+RECBOLE_SEP = "\t"
+
+
+class MalformedInputError(ValueError):
+    """More lines of a raw file are unreadable than ``max_malformed_fraction`` tolerates."""
+
+
+class _BadLine(Exception):
+    """One unusable line; the message says why."""
+
+
+@dataclass(frozen=True)
+class ReviewFields:
+    """Where a review format keeps the user, the item and the time (and the time's unit)."""
+
+    user: str
+    item: str
+    time: str
+    time_units_per_second: int = 1
+
+
+REVIEW_FIELDS = {
+    "amazon2014": ReviewFields("reviewerID", "asin", "unixReviewTime"),
+    "amazon2018": ReviewFields("reviewerID", "asin", "unixReviewTime"),
+    # 2023: items are keyed by parent_asin (what meta files use); timestamps are milliseconds.
+    "amazon2023": ReviewFields("user_id", "parent_asin", "timestamp", 1000),
+}
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def parse_interactions(
+    path: str | Path, source: str, *, max_malformed_fraction: float = 0.001
+) -> pl.DataFrame:
+    """Read a reviews file (or a RecBole ``.inter`` file) into user_id, item_id, timestamp
+    (int64 seconds), one row per usable line, in file order."""
+    fmt = _format(source)
+    path = _existing(path)
+    started = time.perf_counter()
+    tally = _Tally(path, source, max_malformed_fraction)
+    if fmt == "recbole":
+        df = _parse_recbole_inter(path, tally)
+    else:
+        df = _parse_review_lines(path, REVIEW_FIELDS[fmt], fmt == "amazon2014", tally)
+    tally.finish()
+    if df.height == 0:
+        raise ValueError(f"{path}: no interactions found (empty file?); check the download "
+                         f"and that source={source!r} matches the file.")
+    logger.info("%s: %d interactions in %.1fs", path.name, df.height,
+                time.perf_counter() - started)
+    return df
+
+
+def parse_items(
+    path: str | Path, source: str, *, max_malformed_fraction: float = 0.001
+) -> pl.DataFrame:
+    """Read a metadata file (or a RecBole ``.item`` file) into the raw_items table: cleaned text,
+    "" for missing text, null for a missing image; the first line wins for a repeated item."""
+    fmt = _format(source)
+    path = _existing(path)
+    tally = _Tally(path, source, max_malformed_fraction)
+    if fmt == "recbole":
+        rows = _recbole_item_rows(path, tally)
+    else:
+        rows = _amazon_item_rows(path, fmt, tally)
+    columns: dict[str, list] = {name: [] for name in ITEM_SCHEMA}
+    seen: set[str] = set()
+    repeated = 0
+    for row in rows:
+        if row[0] in seen:
+            repeated += 1
+            continue
+        seen.add(row[0])
+        for name, value in zip(ITEM_SCHEMA, row):
+            columns[name].append(value)
+    tally.finish()
+    if not seen:
+        raise ValueError(f"{path}: no items found (empty file?); check the download and that "
+                         f"source={source!r} matches the file.")
+    if repeated:
+        logger.info("%s: %d repeated item ids, kept the first line of each", path.name, repeated)
+    return pl.DataFrame(columns, schema=ITEM_SCHEMA)
+
+
+def recbole_files(directory: str | Path, name: str) -> tuple[Path, Path | None]:
+    """The ``<name>.inter`` file (required) and ``<name>.item`` file (None when absent)."""
+    directory = Path(directory)
+    inter = directory / f"{name}.inter"
+    if not inter.is_file():
+        raise FileNotFoundError(f"{inter}: RecBole interaction file not found; expected "
+                                f"<dataset>/{name}.inter (check the dataset name and folder).")
+    item = directory / f"{name}.item"
+    return inter, item if item.is_file() else None
+
+
+def clean_text(value: object) -> str:
+    """Plain text from a raw field: HTML tags dropped, entities decoded, whitespace collapsed.
+
+    Lists (2018/2023 descriptions) are cleaned element-wise and joined with spaces.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return " ".join(part for part in (clean_text(v) for v in value) if part)
+    text = value if isinstance(value, str) else str(value)
+    if "<" in text or "&" in text:
+        text = _HTML_TAG.sub(" ", text)
+        text = html.unescape(text)
+        text = _HTML_TAG.sub(" ", text)  # tags that were entity-escaped (&lt;b&gt;)
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+# --------------------------------------------------------------------------- malformed lines
+
+
+class _Tally:
+    """Counts usable and malformed lines; raises past the tolerance, else warns once."""
+
+    def __init__(self, path: Path, source: str, max_fraction: float) -> None:
+        self.path, self.source, self.max_fraction = path, source, max_fraction
+        self.lines = 0
+        self.bad = 0
+        self.first: tuple[int, str, str] | None = None
+
+    def good(self, n: int = 1) -> None:
+        self.lines += n
+
+    def malformed(self, line_no: int, line: bytes | str, reason: str) -> None:
+        self.lines += 1
+        self.bad += 1
+        if self.first is None:
+            text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+            self.first = (line_no, text.strip()[:SNIPPET_CHARS], reason)
+
+    def finish(self) -> None:
+        if not self.bad:
+            return
+        line_no, snippet, reason = self.first
+        summary = (f"{self.path}: {self.bad} of {self.lines} lines malformed "
+                   f"({self.bad / self.lines:.3%}); first at line {line_no} ({reason}): "
+                   f"{snippet!r}")
+        if self.bad / self.lines > self.max_fraction:
+            raise MalformedInputError(
+                f"{summary}. That is more than max_malformed_fraction={self.max_fraction}. "
+                f"Check the file is complete and is a {self.source!r} file; if the damage is "
+                "expected, raise max_malformed_fraction."
+            )
+        logger.warning("%s; skipped them (under max_malformed_fraction=%s)", summary,
+                       self.max_fraction)
+
+
+# --------------------------------------------------------------------------- interactions
+
+
+def _parse_review_lines(path: Path, fields: ReviewFields, allow_literal: bool,
+                        tally: _Tally) -> pl.DataFrame:
+    schema = {fields.user: pl.Utf8, fields.item: pl.Utf8, fields.time: pl.Int64}
+    try:
+        df = _reviews_frame(pl.read_ndjson(path, schema=schema), fields)
+    except (pl.exceptions.PolarsError, OSError) as err:  # OSError: truncated gzip
+        logger.info("%s: fast read failed (%s); re-reading line by line", path.name,
+                    str(err).splitlines()[0][:SNIPPET_CHARS])
+    else:
+        if _is_clean(df):
+            tally.good(df.height)
+            return df
+        logger.info("%s: some lines lack a field; re-reading line by line", path.name)
+    return _parse_review_blocks(path, fields, schema, allow_literal, tally)
+
+
+def _parse_review_blocks(path: Path, fields: ReviewFields, schema: dict, allow_literal: bool,
+                         tally: _Tally) -> pl.DataFrame:
+    """Exact slow path: polars per block of lines, per-line parsing for blocks that fail."""
+    frames: list[pl.DataFrame] = []
+    for first_line_no, block in _prefetch(_line_blocks(path), PREFETCH_BLOCKS):
+        n_lines = block.count(b"\n")
+        try:
+            df = _reviews_frame(pl.read_ndjson(io.BytesIO(block), schema=schema), fields)
+            if df.height == n_lines and _is_clean(df):
+                tally.good(df.height)
+                frames.append(df)
+                continue
+        except pl.exceptions.PolarsError:
+            pass
+        users, items, times = [], [], []
+        for offset, line in enumerate(block.split(b"\n")[:n_lines]):
+            if not line.strip():
+                continue
+            try:
+                user, item, timestamp = _interaction(_load_record(line, allow_literal), fields)
+            except _BadLine as err:
+                tally.malformed(first_line_no + offset, line, str(err))
+                continue
+            tally.good()
+            users.append(user)
+            items.append(item)
+            times.append(timestamp)
+        frames.append(pl.DataFrame({"user_id": users, "item_id": items, "timestamp": times},
+                                   schema=INTERACTION_SCHEMA))
+    if not frames:
+        return pl.DataFrame(schema=INTERACTION_SCHEMA)
+    return pl.concat(frames, rechunk=True)
+
+
+def _reviews_frame(df: pl.DataFrame, fields: ReviewFields) -> pl.DataFrame:
+    return df.select(
+        pl.col(fields.user).alias("user_id"),
+        pl.col(fields.item).alias("item_id"),
+        (pl.col(fields.time) // fields.time_units_per_second).alias("timestamp"),
+    )
+
+
+def _is_clean(df: pl.DataFrame) -> bool:
+    """No null field and no empty id: otherwise the slow path decides line by line."""
+    return not df.select(
+        pl.any_horizontal(pl.all().is_null().any())
+        | (pl.col("user_id") == "").any()
+        | (pl.col("item_id") == "").any()
+    ).item()
+
+
+def _interaction(record: dict, fields: ReviewFields) -> tuple[str, str, int]:
+    user = _identifier(record.get(fields.user), fields.user)
+    item = _identifier(record.get(fields.item), fields.item)
+    raw_time = record.get(fields.time)
+    if isinstance(raw_time, bool) or raw_time is None:
+        raise _BadLine(f"no usable {fields.time!r}")
+    try:
+        seconds = int(raw_time) if isinstance(raw_time, int) else float(raw_time)
+    except (TypeError, ValueError):
+        raise _BadLine(f"{fields.time!r} is not a number: {raw_time!r}") from None
+    if isinstance(seconds, float):
+        if not math.isfinite(seconds):
+            raise _BadLine(f"{fields.time!r} is not finite: {raw_time!r}")
+        seconds = int(seconds)
+    return user, item, seconds // fields.time_units_per_second
+
+
+def _identifier(value: object, key: str) -> str:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise _BadLine(f"no usable {key!r}")
+
+
+def _parse_recbole_inter(path: Path, tally: _Tally) -> pl.DataFrame:
+    header = _recbole_header(path)
+    columns = {
+        out: _recbole_column(header, name, path)
+        for out, name in (("user_id", "user_id"), ("item_id", "item_id"),
+                          ("timestamp", "timestamp"))
+    }
+    try:
+        raw = pl.read_csv(path, separator=RECBOLE_SEP, quote_char=None, infer_schema=False,
+                          has_header=True, columns=[header[i] for i in columns.values()])
+        df = raw.select(
+            pl.col(header[columns["user_id"]]).alias("user_id"),
+            pl.col(header[columns["item_id"]]).alias("item_id"),
+            pl.col(header[columns["timestamp"]]).str.strip_chars()
+            .cast(pl.Float64, strict=False).cast(pl.Int64, strict=False).alias("timestamp"),
+        )
+    except (pl.exceptions.PolarsError, OSError) as err:  # OSError: truncated gzip
+        logger.info("%s: fast read failed (%s); re-reading line by line", path.name, err)
+    else:
+        if _is_clean(df):
+            tally.good(df.height)
+            return df
+    users, items, times = [], [], []
+    for line_no, line in _text_lines(path, skip_header=True):
+        fields = line.rstrip("\r\n").split(RECBOLE_SEP)
+        try:
+            if len(fields) != len(header):
+                raise _BadLine(f"{len(fields)} tab-separated fields, header has {len(header)}")
+            user = _identifier(fields[columns["user_id"]], "user_id")
+            item = _identifier(fields[columns["item_id"]], "item_id")
+            try:
+                seconds = float(fields[columns["timestamp"]])
+            except ValueError:
+                raise _BadLine("timestamp is not a number") from None
+            if not math.isfinite(seconds):
+                raise _BadLine("timestamp is not finite")
+        except _BadLine as err:
+            tally.malformed(line_no, line, str(err))
+            continue
+        tally.good()
+        users.append(user)
+        items.append(item)
+        times.append(int(seconds))
+    return pl.DataFrame({"user_id": users, "item_id": items, "timestamp": times},
+                        schema=INTERACTION_SCHEMA)
+
+
+# --------------------------------------------------------------------------- items
+
+
+def _item_amazon2014(record: dict) -> tuple:
+    categories = record.get("categories") or []
+    if categories and not isinstance(categories[0], (list, tuple)):
+        categories = [categories]
+    return (
+        _identifier(record.get("asin"), "asin"),
+        clean_text(record.get("title")),
+        clean_text(record.get("description")),
+        clean_text(record.get("brand")),
+        _category_paths(categories),
+        _url(record.get("imUrl")),
+    )
+
+
+def _item_amazon2018(record: dict) -> tuple:
+    return (
+        _identifier(record.get("asin"), "asin"),
+        clean_text(record.get("title")),
+        clean_text(record.get("description")),
+        clean_text(record.get("brand")),
+        _category_paths([record.get("category") or []]),
+        _first_url(record.get("imageURLHighRes")) or _first_url(record.get("imageURL")),
+    )
+
+
+def _item_amazon2023(record: dict) -> tuple:
+    details = record.get("details") if isinstance(record.get("details"), dict) else {}
+    categories = record.get("categories") or []
+    if not categories and record.get("main_category"):
+        categories = [record["main_category"]]
+    return (
+        _identifier(record.get("parent_asin"), "parent_asin"),
+        clean_text(record.get("title")),
+        clean_text(record.get("description")),
+        clean_text(record.get("store")) or clean_text(details.get("Brand")),
+        _category_paths([categories]),
+        _main_image_2023(record.get("images")),
+    )
+
+
+_ITEM_BUILDERS: dict[str, Callable[[dict], tuple]] = {
+    "amazon2014": _item_amazon2014,
+    "amazon2018": _item_amazon2018,
+    "amazon2023": _item_amazon2023,
+}
+
+
+def _amazon_item_rows(path: Path, fmt: str, tally: _Tally) -> Iterator[tuple]:
+    to_item = _ITEM_BUILDERS[fmt]
+    for line_no, line in _numbered_lines(path):
+        try:
+            row = to_item(_load_record(line, allow_literal=fmt == "amazon2014"))
+        except _BadLine as err:
+            tally.malformed(line_no, line, str(err))
+            continue
+        tally.good()
+        yield row
+
+
+def _recbole_item_rows(path: Path, tally: _Tally) -> Iterator[tuple]:
+    header = _recbole_header(path)
+    item_col = _recbole_column(header, "item_id", path)
+    optional = {
+        name: _recbole_column(header, name, path, required=False)
+        for name in ("title", "description", "brand", "categories")
+    }
+    if optional["categories"] is None:  # S3-Rec style files: anonymous attribute tokens
+        optional["categories"] = _recbole_column(header, "attributes", path, required=False)
+    for line_no, line in _text_lines(path, skip_header=True):
+        fields = line.rstrip("\r\n").split(RECBOLE_SEP)
+        if len(fields) > len(header):
+            tally.malformed(line_no, line, f"{len(fields)} tab-separated fields, header has "
+                                           f"{len(header)}")
+            continue
+        fields += [""] * (len(header) - len(fields))  # RecBole writes short rows for empty tails
+        item = fields[item_col]
+        if not item:
+            tally.malformed(line_no, line, "empty item_id")
+            continue
+        tally.good()
+        text = {k: clean_text(fields[i]) if i is not None else "" for k, i in optional.items()}
+        yield (item, text["title"], text["description"], text["brand"], text["categories"], None)
+
+
+def _category_paths(paths: list) -> str:
+    out = []
+    for levels in paths:
+        if isinstance(levels, str):
+            levels = [levels]
+        path = CATEGORY_LEVEL_SEP.join(c for c in (clean_text(x) for x in levels or []) if c)
+        if path and path not in out:
+            out.append(path)
+    return CATEGORY_PATH_SEP.join(out)
+
+
+def _url(value: object) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _first_url(values: object) -> str | None:
+    if isinstance(values, str):
+        return _url(values)
+    if isinstance(values, (list, tuple)):
+        for value in values:
+            if url := _url(value):
+                return url
+    return None
+
+
+def _main_image_2023(images: object) -> str | None:
+    """The MAIN image (else the first one): its high-resolution URL, else the large one."""
+    if not isinstance(images, list):
+        return None
+    images = [image for image in images if isinstance(image, dict)]
+    main = [image for image in images if image.get("variant") == "MAIN"]
+    for image in main + images:
+        if url := _url(image.get("hi_res")) or _url(image.get("large")):
+            return url
+    return None
+
+
+# --------------------------------------------------------------------------- file reading
+
+
+def _format(source: str) -> str:
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; expected one of {list(SOURCES)} "
+                         "(the dataset preset's `source`).")
+    return _FORMAT_OF_SOURCE.get(source, source)
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; run the download step first or fix the "
+                                "dataset preset (source, category, base_url).")
+    return path
+
+
+def _open_binary(path: Path):
+    """Open plain or gzip files (told apart by the magic bytes, not only the name)."""
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def _line_blocks(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Yield (number of the block's first line, whole lines ending in newline) blocks."""
+    line_no = 1
+    rest = b""
+    with _open_binary(path) as fh:
+        try:
+            while block := fh.read(BLOCK_BYTES):
+                block = rest + block
+                cut = block.rfind(b"\n") + 1
+                if cut == 0:
+                    rest = block
+                    continue
+                rest = block[cut:]
+                yield line_no, block[:cut]
+                line_no += block.count(b"\n", 0, cut)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+            raise ValueError(f"{path}: cannot decompress ({err}); the file is truncated or "
+                             "corrupt: delete it and download it again.") from err
+    if rest:
+        yield line_no, rest + b"\n"
+
+
+def _prefetch(blocks: Iterator, depth: int) -> Iterator:
+    """Run ``blocks`` in a helper thread, ``depth`` items ahead, so decompression overlaps the
+    parsing of the previous block on the second core. Errors surface in the caller."""
+    done = object()
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer has gone
+
+    def produce() -> None:
+        try:
+            for item in blocks:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as err:  # re-raised in the consumer
+            put(err)
+
+    worker = threading.Thread(target=produce, name="rodpo-decompress", daemon=True)
+    worker.start()
+    try:
+        while (item := buffer.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) for each non-blank line, streamed."""
+    for first_line_no, block in _line_blocks(path):
+        for offset, line in enumerate(block.split(b"\n")[:-1]):
+            if line.strip():
+                yield first_line_no + offset, line
+
+
+def _text_lines(path: Path, *, skip_header: bool) -> Iterator[tuple[int, str]]:
+    for line_no, line in _numbered_lines(path):
+        if skip_header and line_no == 1:
+            continue
+        yield line_no, line.decode("utf-8", "replace")
+
+
+def _load_record(line: bytes, allow_literal: bool) -> dict:
+    """One JSON object per line; 2014 files may hold Python dict literals (literal_eval only)."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        if not allow_literal:
+            raise _BadLine("not valid JSON") from None
+        try:
+            record = ast.literal_eval(line.decode("utf-8"))
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError,
+                UnicodeDecodeError):
+            raise _BadLine("neither JSON nor a Python dict literal") from None
+    if not isinstance(record, dict):
+        raise _BadLine(f"a JSON {type(record).__name__}, not an object")
+    return record
+
+
+def _recbole_header(path: Path) -> list[str]:
+    with _open_binary(path) as fh:
+        first = fh.readline().decode("utf-8", "replace").rstrip("\r\n")
+    header = first.split(RECBOLE_SEP)
+    if not first or not all(":" in name for name in header):
+        raise ValueError(f"{path}: first line {first[:SNIPPET_CHARS]!r} is not a RecBole typed "
+                         "header (name:type, tab-separated); is this a RecBole atomic file?")
+    return header
+
+
+def _recbole_column(header: list[str], name: str, path: Path, *, required: bool = True):
+    for index, column in enumerate(header):
+        if column.split(":", 1)[0] == name:
+            return index
+    if required:
+        raise ValueError(f"{path}: no {name!r} column in the header {header}; RecBole "
+                         f"atomic files need '{name}:<type>'.")
+    return None
+
+
+_HTML_TAG = re.compile(r"<(?:/?[A-Za-z][^<>]*|!--.*?--)>", re.DOTALL)
+_WHITESPACE = re.compile(r"\s+")

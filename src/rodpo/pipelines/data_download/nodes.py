@@ -1,0 +1,59 @@
+"""Nodes of ``data_download``. Downloading is I/O by nature, so these nodes write files."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from rodpo.data.demo import generate_demo_dataset
+from rodpo.data.download import download_file
+from rodpo.data.sources import dataset_file_urls, is_local, local_path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DownloadParams:
+    raw_dir: str
+    timeout_s: float = 60.0
+    max_retries: int = 5
+    backoff_s: float = 2.0
+    progress: bool = True
+
+
+def download_raw_data(
+    dataset: str, dataset_spec: dict, sources: dict, download: DownloadParams
+) -> dict:
+    """Fetch the preset's reviews and metadata files into ``raw_dir``; return their paths.
+
+    The ``demo`` source first generates its files (Amazon 2018 format) under
+    ``raw_dir/generated`` and then goes through the same download/verify path as any file:// URL.
+    Files already complete are not fetched again.
+    """
+    raw_dir = Path(download.raw_dir)
+    spec = dict(dataset_spec)
+    if spec["source"] == "demo":
+        generated = raw_dir / "generated"
+        generate_demo_dataset(generated, **spec.get("demo", {}))
+        spec["base_url"] = generated.resolve().as_uri()
+
+    optional = set(sources[spec["source"]].get("optional", []))
+    files: dict[str, str | None] = {}
+    for role, url in dataset_file_urls(spec, sources).items():
+        if role in optional and is_local(url) and not local_path(url).exists():
+            logger.info("%s: optional %s file %s not found, continuing without it", dataset, role, url)
+            files[role] = None
+            continue
+        dest = raw_dir / Path(url.rstrip("/")).name
+        download_file(
+            url,
+            dest,
+            timeout_s=download.timeout_s,
+            max_retries=download.max_retries,
+            backoff_s=download.backoff_s,
+            verify_gzip=dest.suffix == ".gz",
+            progress=download.progress,
+        )
+        files[role] = str(dest)
+    return {"dataset": dataset, "source": spec["source"], "category": spec.get("category"), "files": files}

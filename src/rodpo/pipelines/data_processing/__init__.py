@@ -1,0 +1,5 @@
+"""``data_processing``: parse raw files, k-core filter, re-index, sort and split leave-one-out."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

@@ -1,0 +1,81 @@
+"""Nodes of ``data_processing``: thin adapters over ``rodpo.data.parsers`` and ``preprocess``.
+
+Parsing reads the raw files named in the ``raw_files`` manifest itself (streaming gzip with
+tolerance for malformed lines is not something a catalog dataset can do).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from rodpo.data import preprocess
+from rodpo.data.parsers import parse_interactions, parse_items
+
+
+RAW_ITEMS_SCHEMA = {
+    "item_id": pl.Utf8,
+    "title": pl.Utf8,
+    "description": pl.Utf8,
+    "brand": pl.Utf8,
+    "categories": pl.Utf8,
+    "image_url": pl.Utf8,
+}
+
+
+@dataclass
+class ProcessingParams:
+    k_core: int = 5
+    drop_duplicates: bool = True
+    max_malformed_fraction: float = 0.001
+
+
+def parse_raw_interactions(raw_files: dict, data_processing: ProcessingParams) -> pl.DataFrame:
+    """Reviews file -> (user_id, item_id, timestamp) rows with original ids, in file order."""
+    return parse_interactions(
+        raw_files["files"]["reviews"],
+        raw_files["source"],
+        max_malformed_fraction=data_processing.max_malformed_fraction,
+    )
+
+
+def parse_raw_items(raw_files: dict, data_processing: ProcessingParams) -> pl.DataFrame:
+    """Metadata file -> one row per item with text fields and an image URL (empty if no file)."""
+    meta_path = raw_files["files"].get("meta")
+    if meta_path is None:
+        return pl.DataFrame(schema=RAW_ITEMS_SCHEMA)
+    return parse_items(
+        meta_path,
+        raw_files["source"],
+        max_malformed_fraction=data_processing.max_malformed_fraction,
+    )
+
+
+def filter_and_index_interactions(
+    raw_interactions: pl.DataFrame, data_processing: ProcessingParams
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """De-duplicate, iterative k-core, stable time sort, contiguous ids (0 = padding)."""
+    return preprocess.preprocess_interactions(
+        raw_interactions,
+        k_core=data_processing.k_core,
+        drop_duplicates=data_processing.drop_duplicates,
+    )
+
+
+def build_items(raw_items: pl.DataFrame, item_id_map: pl.DataFrame) -> pl.DataFrame:
+    return preprocess.build_items_table(raw_items, item_id_map)
+
+
+def build_sequences(interactions: pl.DataFrame) -> pl.DataFrame:
+    return preprocess.build_sequences(interactions)
+
+
+def split_leave_one_out(sequences: pl.DataFrame) -> pl.DataFrame:
+    return preprocess.leave_one_out_split(sequences)
+
+
+def summarise_dataset(interactions: pl.DataFrame, dataset: str) -> tuple[dict, str]:
+    """The paper's Table 5 for this dataset, as JSON and as markdown."""
+    stats = preprocess.dataset_statistics(interactions)
+    return {"dataset": dataset, **stats}, preprocess.render_dataset_stats_markdown(stats, dataset)

@@ -1,0 +1,69 @@
+"""Nodes of ``feature_extraction``: adapters over ``rodpo.features``.
+
+A preset may override the encoder defaults under ``dataset_spec.features`` (the demo uses a
+packaged MiniLM and a seeded tiny CLIP, since no hub weights can be had offline). A disabled
+modality, or a dataset without any image URL, yields a ``(n_items + 1, 0)`` matrix: downstream the
+model then simply leaves that modality out.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from rodpo.features.clip import build_random_clip_checkpoint, extract_image_features
+from rodpo.features.text import extract_text_features
+
+logger = logging.getLogger(__name__)
+
+RANDOM_CHECKPOINT = "demo-random"
+
+
+def extract_item_text_features(
+    items: pl.DataFrame, dataset_spec: dict, feature_extraction: dict
+) -> tuple[np.ndarray, dict]:
+    """(n_items + 1, d_text) float32, row i = item id i, row 0 zeros; plus a manifest part."""
+    options = _options(feature_extraction, dataset_spec, "text")
+    if not options.pop("enabled", True):
+        return _absent(items), {"text_encoder": None, "text_skipped": "disabled"}
+    return extract_text_features(items, device=feature_extraction.get("device", "auto"), **options)
+
+
+def extract_item_image_features(
+    items: pl.DataFrame, dataset_spec: dict, feature_extraction: dict
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(n_items + 1, d_image) float32 and a bool mask (False = no usable image); plus a manifest part."""
+    options = _options(feature_extraction, dataset_spec, "image")
+    if not options.pop("enabled", True):
+        return _absent(items), _no_images(items), {"image_encoder": None, "image_skipped": "disabled"}
+    if items["image_url"].drop_nulls().str.len_chars().sum() == 0:
+        logger.info("No item has an image URL: image features are absent for this dataset.")
+        return _absent(items), _no_images(items), {"image_encoder": None, "image_skipped": "no image URLs"}
+    seed = options.pop("random_checkpoint_seed", 0)
+    if options.get("pretrained") == RANDOM_CHECKPOINT:
+        checkpoint = Path(options["cache_dir"]).parent / f"random-{options['arch']}-seed{seed}.safetensors"
+        if not checkpoint.exists():
+            build_random_clip_checkpoint(checkpoint, arch=options["arch"], seed=seed)
+        options["pretrained"] = str(checkpoint)
+    return extract_image_features(items, device=feature_extraction.get("device", "auto"), **options)
+
+
+def merge_feature_manifests(text_manifest: dict, image_manifest: dict, dataset: str) -> dict:
+    """One JSON record of what was extracted, with which encoder, and how long it took."""
+    return {"dataset": dataset, "text": text_manifest, "image": image_manifest}
+
+
+def _options(feature_extraction: dict, dataset_spec: dict, modality: str) -> dict:
+    overrides = (dataset_spec.get("features") or {}).get(modality) or {}
+    return {**feature_extraction[modality], **overrides}
+
+
+def _absent(items: pl.DataFrame) -> np.ndarray:
+    return np.zeros((items.height + 1, 0), dtype=np.float32)
+
+
+def _no_images(items: pl.DataFrame) -> np.ndarray:
+    return np.zeros(items.height + 1, dtype=bool)

@@ -1,0 +1,93 @@
+"""Resumable training checkpoints without pickle.
+
+One directory per run, named by a hash of (model config, trajectory-relevant train config, data
+fingerprint, initial weights), so a changed setting starts a fresh run instead of resuming a stale one.
+Files:
+  last.safetensors / best.safetensors   model weights (frozen feature buffers are not included)
+  state.pt     optimizer state, RNG states, epoch, best metric, history: tensors and plain
+               containers only, read back with torch.load(weights_only=True)
+  done.json    present once the run finished (early stop or epoch budget reached)
+Each file is written to a temporary name and renamed, so an interrupted write never leaves a
+half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+LAST_WEIGHTS = "last.safetensors"
+BEST_WEIGHTS = "best.safetensors"
+STATE_FILE = "state.pt"
+DONE_FILE = "done.json"
+
+
+def state_fingerprint(model: nn.Module) -> str:
+    """sha256 of a model's weights (e.g. the warm-up policy a DPO run starts from)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_key(*parts: Any) -> str:
+    """Short stable hash of json-serialisable parts (configs as dicts, fingerprints as strings)."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _atomic(path: Path, write) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+
+
+class RunCheckpoint:
+    """Reads and writes the files of one run directory (see the module docstring)."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+
+    def save_epoch(self, model: nn.Module, state: dict[str, Any], is_best: bool) -> None:
+        """After an epoch: best weights first (if improved), then last weights, then the state that
+        points at them, so a crash in between resumes from a consistent earlier epoch."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        weights = _weights(model)
+        if is_best:
+            _atomic(self.directory / BEST_WEIGHTS, lambda p: save_file(weights, str(p)))
+        _atomic(self.directory / LAST_WEIGHTS, lambda p: save_file(weights, str(p)))
+        _atomic(self.directory / STATE_FILE, lambda p: torch.save(state, p))
+
+    def save_best(self, model: nn.Module) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        weights = _weights(model)
+        _atomic(self.directory / BEST_WEIGHTS, lambda p: save_file(weights, str(p)))
+
+    def load_state(self) -> dict[str, Any] | None:
+        path = self.directory / STATE_FILE
+        if not path.exists() or not (self.directory / LAST_WEIGHTS).exists():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def load_weights(self, model: nn.Module, which: str = "last") -> None:
+        name = {"last": LAST_WEIGHTS, "best": BEST_WEIGHTS}[which]
+        weights = load_file(str(self.directory / name), device=str(next(model.parameters()).device))
+        model.load_state_dict(weights)
+
+    def mark_done(self, summary: dict[str, Any]) -> None:
+        _atomic(self.directory / DONE_FILE, lambda p: p.write_text(json.dumps(summary, indent=2)))
+
+    def is_done(self) -> bool:
+        return (self.directory / DONE_FILE).exists() and (self.directory / BEST_WEIGHTS).exists()

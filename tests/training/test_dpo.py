@@ -1,0 +1,105 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from rodpo.training.dpo import dpo_loss, frozen_reference, implicit_reward_stats, sample_negatives
+
+
+def test_dpo_loss_matches_hand_computation():
+    policy_chosen = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    policy_rejected = torch.tensor([[1.0, 0.0, 3.0], [0.0, 2.0, 0.0]])
+    reference_chosen = torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0]])
+    reference_rejected = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+    # policy margins [[1, 0, -2], [1, -1, 0]] minus reference margins [[-1, 1, 0], [2, 0, -2]],
+    # times beta = 0.5 -> [[1, -0.5, -1], [-0.5, -0.5, 1]]; -log sigmoid(x) = log(1 + e^-x).
+    x = [[1.0, -0.5, -1.0], [-0.5, -0.5, 1.0]]
+    expected = torch.tensor([[math.log1p(math.exp(-v)) for v in row] for row in x])
+    loss = dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.5)
+    torch.testing.assert_close(loss, expected)
+    assert loss[0, 0].item() == pytest.approx(0.3132617, abs=1e-6)
+
+
+def test_dpo_gradient_raises_chosen_and_lowers_rejected():
+    chosen = torch.tensor([0.3, -1.0], requires_grad=True)
+    rejected = torch.tensor([0.5, 2.0], requires_grad=True)
+    dpo_loss(chosen, rejected, torch.zeros(2), torch.zeros(2), beta=1.0).sum().backward()
+    assert (chosen.grad < 0).all()  # descent increases s(y_w)
+    assert (rejected.grad > 0).all()  # descent decreases s(y_l)
+
+
+def test_implicit_reward_stats_are_sums_over_pairs():
+    stats = implicit_reward_stats(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]),
+                                  torch.zeros(2), torch.zeros(2), beta=2.0)
+    assert stats["rewards_chosen"].item() == 2.0
+    assert stats["rewards_margin"].item() == 0.0  # (2 - 0) + (0 - 2)
+    assert stats["rewards_accuracy"].item() == 1.0
+
+
+def _ranked_logits(n_rows: int, n_items: int) -> torch.Tensor:
+    """Item i has score -i, so the ranking is 1, 2, 3, ...; column 0 scores highest on purpose."""
+    row = -torch.arange(n_items + 1, dtype=torch.float32)
+    row[0] = 100.0
+    return row.repeat(n_rows, 1)
+
+
+def test_topk_uniform_never_returns_positive_only_topk_and_is_uniform():
+    n_rows, n_items, k = 5000, 30, 5
+    logits = _ranked_logits(n_rows, n_items)
+    positives = torch.full((n_rows,), 2)  # the positive is the 2nd best item
+    generator = torch.Generator().manual_seed(0)
+    negatives = sample_negatives(logits, positives, "topk_uniform", k=k, generator=generator)
+    pool = [1, 3, 4, 5, 6]  # top-5 of all items except the positive (and never padding)
+    assert set(negatives.tolist()) == set(pool)
+    counts = np.array([(negatives == item).sum().item() for item in pool])
+    assert chisquare(counts).pvalue > 0.01
+
+
+def test_topk_uniform_pool_when_positive_is_outside_topk():
+    logits = _ranked_logits(2000, 30)
+    negatives = sample_negatives(logits, torch.full((2000,), 25), "topk_uniform", k=3,
+                                 generator=torch.Generator().manual_seed(1))
+    assert set(negatives.tolist()) == {1, 2, 3}
+
+
+def test_argmax_returns_best_non_positive_item():
+    logits = _ranked_logits(2, 10)
+    negatives = sample_negatives(logits, torch.tensor([1, 4]), "argmax")
+    assert negatives.tolist() == [2, 1]
+
+
+def test_random_never_returns_positive_or_padding_and_covers_the_rest():
+    n_items = 8
+    positives = torch.full((4000,), 3)
+    negatives = sample_negatives(_ranked_logits(4000, n_items), positives, "random",
+                                 generator=torch.Generator().manual_seed(2))
+    assert set(negatives.tolist()) == set(range(1, n_items + 1)) - {3}
+
+
+def test_exclusion_mask_removes_items_from_every_strategy():
+    logits = _ranked_logits(500, 10)
+    exclude = torch.zeros_like(logits, dtype=torch.bool)
+    exclude[:, [1, 3]] = True
+    for strategy in ("topk_uniform", "argmax", "random"):
+        negatives = sample_negatives(logits, torch.full((500,), 2), strategy, k=3, exclude=exclude,
+                                     generator=torch.Generator().manual_seed(3))
+        assert not set(negatives.tolist()) & {0, 1, 2, 3}, strategy
+        if strategy == "topk_uniform":
+            assert set(negatives.tolist()) == {4, 5, 6}
+
+
+def test_unknown_strategy_is_rejected():
+    with pytest.raises(ValueError, match="strategy"):
+        sample_negatives(_ranked_logits(1, 5), torch.tensor([1]), "hardest")
+
+
+def test_frozen_reference_is_eval_mode_without_gradients_and_shares_buffers():
+    policy = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    policy.register_buffer("features", torch.ones(3), persistent=False)
+    reference = frozen_reference(policy)
+    assert not reference.training
+    assert all(not p.requires_grad for p in reference.parameters())
+    assert reference.features is policy.features
+    assert reference[0].weight is not policy[0].weight

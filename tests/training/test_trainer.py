@@ -1,0 +1,88 @@
+import logging
+import math
+
+import pytest
+import torch
+
+from rodpo.evaluation.evaluate import evaluate_model
+from rodpo.training.trainer import DPOConfig, TrainConfig, _set_policy_mode, _Stage, train
+
+FAST = dict(batch_size=32, progress_bar=False, eval_batch_size=256)
+
+
+def _valid_ndcg(model, data) -> float:
+    return evaluate_model(model, data.valid, ks=(10,))["metrics"]["ndcg@10"]
+
+
+def test_warmup_learns_the_planted_pattern(planted_data, make_model):
+    torch.manual_seed(0)
+    model = make_model()
+    untrained = _valid_ndcg(model, planted_data)
+    best, history = train(model, planted_data, TrainConfig(epochs=6, lr=5e-3, **FAST))
+    assert [entry["epoch"] for entry in history] == [1, 2, 3, 4, 5, 6]
+    assert _valid_ndcg(best, planted_data) > untrained + 0.1
+    assert _valid_ndcg(model, planted_data) == untrained  # the caller's model is not modified
+    assert not best.training
+
+
+def test_dpo_stage_logs_trl_style_statistics(planted_data, make_model, caplog):
+    torch.manual_seed(0)
+    warm, _ = train(make_model(), planted_data, TrainConfig(epochs=2, lr=5e-3, **FAST))
+    config = TrainConfig(stage="dpo", epochs=2, dpo=DPOConfig(k=5, lambda_dpo=0.5), **FAST)
+    with caplog.at_level(logging.INFO, logger="rodpo.training"):
+        _, history = train(warm, planted_data, config)
+    assert history[0]["epoch"] == 0 and "valid_ndcg@10" in history[0]  # warm-up score for reference
+    for key in ("dpo_loss", "ce_loss", "rewards_chosen", "rewards_rejected", "rewards_margin", "rewards_accuracy"):
+        assert math.isfinite(history[1][key]), key
+    assert 0.0 <= history[1]["rewards_accuracy"] <= 1.0
+    assert "dpo epoch 1:" in caplog.text and "rewards_accuracy=" in caplog.text
+
+
+def test_first_dpo_step_starts_at_ln2_only_without_policy_dropout(planted_data, make_model):
+    torch.manual_seed(0)
+    warm = make_model(hidden_dropout=0.5, attn_dropout=0.5)
+    batch = (torch.from_numpy(planted_data.train.items[:32]), torch.from_numpy(planted_data.train.timestamps[:32]))
+    for dropout_on, expect_ln2 in ((False, True), (True, False)):
+        stage = _Stage(warm, planted_data, TrainConfig(stage="dpo", dpo=DPOConfig(k=5, policy_dropout_in_dpo=dropout_on),
+                                                       device="cpu", **FAST), None)
+        _set_policy_mode(stage.policy, stochastic=dropout_on)
+        dpo_loss = stage.step_losses(*batch)["dpo_loss"].item()
+        assert (dpo_loss == pytest.approx(math.log(2), abs=1e-5)) == expect_ln2
+
+
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(planted_data, make_model, tmp_path, caplog):
+    torch.manual_seed(0)
+    model = make_model()
+    config = dict(lr=5e-3, checkpoint_dir=str(tmp_path), **FAST)
+    _, first = train(model, planted_data, TrainConfig(epochs=2, **config))
+    with caplog.at_level(logging.INFO, logger="rodpo.training"):
+        resumed, history = train(model, planted_data, TrainConfig(epochs=4, **config))
+    assert "from epoch 3" in caplog.text
+    assert [entry["epoch"] for entry in history] == [1, 2, 3, 4]
+    assert history[:2] == first  # epochs 1-2 were not trained again
+
+    uninterrupted, _ = train(model, planted_data, TrainConfig(epochs=4, **dict(config, checkpoint_dir=None)))
+    for name, tensor in uninterrupted.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], tensor, msg=name)
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rodpo.training"):
+        again, history_again = train(model, planted_data, TrainConfig(epochs=4, **config))
+    assert "finished run" in caplog.text and history_again == history
+    torch.testing.assert_close(again.state_dict(), resumed.state_dict())
+
+
+def test_changed_config_starts_a_fresh_run(planted_data, make_model, tmp_path):
+    model = make_model()
+    train(model, planted_data, TrainConfig(epochs=1, checkpoint_dir=str(tmp_path), **FAST))
+    train(model, planted_data, TrainConfig(epochs=1, lr=1e-2, checkpoint_dir=str(tmp_path), **FAST))
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
+
+
+def test_nan_loss_raises_a_clear_error(planted_data, make_model, tmp_path):
+    model = make_model()
+    with torch.no_grad():
+        model.item_embedding.weight[1:] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"warmup stage, epoch 1, step 1: loss is nan.*lr="):
+        train(model, planted_data, TrainConfig(epochs=2, checkpoint_dir=str(tmp_path), **FAST))
+    assert not list(tmp_path.rglob("best.safetensors"))
