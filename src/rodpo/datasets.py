@@ -125,7 +125,12 @@ class TorchModelDataset(_VersionedFileDataset):
         from safetensors.torch import save
 
         config = model.config
-        config_dict = config if isinstance(config, dict) else _dataclass_dict(config)
+        if isinstance(config, dict):
+            config_dict = config
+        elif hasattr(config, "to_dict"):
+            config_dict = config.to_dict()
+        else:
+            config_dict = _dataclass_dict(config)
         model_class = f"{type(model).__module__}.{type(model).__qualname__}"
         # clone() breaks storage sharing (tied weights), which safetensors refuses to write.
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}

@@ -86,3 +86,15 @@ def test_nan_loss_raises_a_clear_error(planted_data, make_model, tmp_path):
     with pytest.raises(FloatingPointError, match=r"warmup stage, epoch 1, step 1: loss is nan.*lr="):
         train(model, planted_data, TrainConfig(epochs=2, checkpoint_dir=str(tmp_path), **FAST))
     assert not list(tmp_path.rglob("best.safetensors"))
+
+
+def test_length_sorted_encoder_chunks_give_the_same_losses(planted_data, make_model):
+    torch.manual_seed(0)
+    model = make_model(moe_mode="mlp")
+    batch = (torch.from_numpy(planted_data.train.items[:40]), torch.from_numpy(planted_data.train.timestamps[:40]))
+    losses = []
+    for chunks in (1, 3):
+        stage = _Stage(model, planted_data, TrainConfig(encoder_chunks=chunks, device="cpu", **FAST), None)
+        stage.policy.eval()  # no dropout: both calls are deterministic
+        losses.append(stage.step_losses(*batch)["ce_loss"])
+    torch.testing.assert_close(losses[0], losses[1])

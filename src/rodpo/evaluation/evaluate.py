@@ -30,16 +30,20 @@ def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.dev
 
 
 def _scored_batches(model: nn.Module, sequences: EvalSequences, batch_size: int,
-                    device: torch.device) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (rows, history items (B, L), targets (B,), scores (B, n_items+1)) in eval mode, no grad."""
+                    device: torch.device) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (row indices, history items (B, L), targets (B,), scores (B, n_items+1)) in eval mode, no grad.
+
+    Users are visited by history length so each batch is cut to its own longest history (less padding).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: need at least 1 sequence per batch.")
+    by_length = np.argsort((sequences.items > 0).sum(axis=1), kind="stable")
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            for start in range(0, len(sequences.targets), batch_size):
-                rows = slice(start, start + batch_size)
+            for start in range(0, len(by_length), batch_size):
+                rows = by_length[start:start + batch_size]
                 items = torch.from_numpy(sequences.items[rows]).to(device)
                 timestamps = torch.from_numpy(sequences.timestamps[rows]).to(device)
                 targets = torch.from_numpy(sequences.targets[rows]).to(device)
@@ -59,11 +63,10 @@ def evaluate_model(model: nn.Module, sequences: EvalSequences, *, ks: Sequence[i
     """
     device = _device_of(model, device)
     model.to(device)
-    ranks = []
-    for _, items, targets, scores in _scored_batches(model, sequences, batch_size, device):
+    ranks = np.zeros(len(sequences.targets), dtype=np.int64)
+    for rows, items, targets, scores in _scored_batches(model, sequences, batch_size, device):
         exclude = history_exclusion_mask(items, scores.shape[1] - 1) if mask_history else None
-        ranks.append(target_ranks(scores, targets, exclude).cpu())
-    ranks = torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
+        ranks[rows] = target_ranks(scores, targets, exclude).cpu().numpy()
     return {"metrics": ranking_metrics(ranks, ks), "ranks": ranks, "user_ids": sequences.user_ids}
 
 
@@ -75,9 +78,10 @@ def collect_logit_samples(model: nn.Module, sequences: EvalSequences, *, k: int 
     device = _device_of(model, device)
     model.to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    positive, negative = [], []
-    for _, _, targets, scores in _scored_batches(model, sequences, batch_size, device):
+    positive = np.zeros(len(sequences.targets), dtype=np.float32)
+    negative = np.zeros_like(positive)
+    for rows, _, targets, scores in _scored_batches(model, sequences, batch_size, device):
         negatives = sample_negatives(scores, targets, "topk_uniform", k=k, generator=generator)
-        positive.append(scores.gather(1, targets.unsqueeze(1)).squeeze(1).cpu())
-        negative.append(scores.gather(1, negatives.unsqueeze(1)).squeeze(1).cpu())
-    return {"positive": torch.cat(positive).numpy(), "negative": torch.cat(negative).numpy()}
+        positive[rows] = scores.gather(1, targets.unsqueeze(1)).squeeze(1).cpu().numpy()
+        negative[rows] = scores.gather(1, negatives.unsqueeze(1)).squeeze(1).cpu().numpy()
+    return {"positive": positive, "negative": negative}

@@ -142,6 +142,11 @@ class RoDPOModel(nn.Module):
         if config.moe_mode == "sparse":
             self.refinement.block.reset_router()
 
+    @classmethod
+    def from_config(cls, values: dict) -> "RoDPOModel":
+        """Rebuild an untrained model from a saved config dict (see rodpo.datasets.TorchModelDataset)."""
+        return cls(ModelConfig.from_dict(values))
+
     def _init_weights(self, module: nn.Module) -> None:
         """RecBole's SASRec init: N(0, init_std) for Linear/Embedding, LayerNorm = identity."""
         if isinstance(module, (nn.Linear, nn.Embedding)):

@@ -153,6 +153,9 @@ def build_sequence_data(sequence_splits: pl.DataFrame, max_seq_len: int, n_items
 
 
 def trim_to_longest(item_ids: torch.Tensor, *aligned: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Drop trailing all-padding columns of a right-padded batch (and of tensors aligned with it)."""
-    longest = max(int((item_ids > 0).sum(dim=1).max()), 1)
+    """Drop trailing all-padding columns of a right-padded batch (and of tensors aligned with it).
+
+    `item_ids` may also be a bool "is real" mask.
+    """
+    longest = max(int((item_ids > 0).sum(dim=1).max()), 1) if item_ids.shape[0] else 1
     return (item_ids[:, :longest], *(tensor[:, :longest] for tensor in aligned))

@@ -72,6 +72,8 @@ class TrainConfig:
     stage: str = "warmup"
     epochs: int = 50
     batch_size: int = 256
+    # Length-sorted groups each batch is encoded in (exact; less padding). 1 = one padded call.
+    encoder_chunks: int = 4
     lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float = 5.0
@@ -96,9 +98,10 @@ class TrainConfig:
         valid_metrics = {f"{name}@{k}" for name in ("ndcg", "mrr", "hit") for k in VALID_KS}
         if self.valid_metric not in valid_metrics:
             raise ValueError(f"TrainConfig.valid_metric={self.valid_metric!r}: expected one of {sorted(valid_metrics)}.")
-        if self.epochs < 0 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
-            raise ValueError(f"TrainConfig: epochs={self.epochs} >= 0, batch_size={self.batch_size}, "
-                             f"eval_every={self.eval_every} and patience={self.patience} >= 1 required.")
+        positive = (self.batch_size, self.encoder_chunks, self.eval_every, self.patience)
+        if self.epochs < 0 or min(positive) < 1:
+            raise ValueError(f"TrainConfig: need epochs={self.epochs} >= 0 and batch_size, encoder_chunks, "
+                             f"eval_every, patience = {positive} all >= 1.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,15 +177,32 @@ class _Stage:
             torch.cuda.set_rng_state(state["cuda"], self.device)
 
     # ------------------------------------------------------------------ one step
+    def encode_targets(self, model: nn.Module, inputs: torch.Tensor, input_times: torch.Tensor,
+                       is_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """States at the target positions (N, M*d), in row-major order of a length-sorted batch.
+
+        The rows are encoded in `encoder_chunks` contiguous groups, each cut to its own longest
+        sequence: the same result as one padded call (attention is causal and masks padding),
+        with far fewer padding positions. The MoE aux loss is averaged over the groups.
+        """
+        states, aux_losses = [], []
+        for rows in torch.arange(inputs.shape[0], device=inputs.device).chunk(self.config.encoder_chunks):
+            chunk_targets, chunk_inputs, chunk_times = trim_to_longest(is_target[rows], inputs[rows], input_times[rows])
+            chunk_states, aux_loss = model.encode(chunk_inputs, chunk_times)
+            states.append(chunk_states[chunk_targets])
+            aux_losses.append(aux_loss)
+        return torch.cat(states), torch.stack(aux_losses).mean()
+
     def step_losses(self, items: torch.Tensor, timestamps: torch.Tensor) -> dict[str, torch.Tensor]:
         """Losses of one batch of right-padded windows (B, max_seq_len + 1)."""
-        items, timestamps = trim_to_longest(items, timestamps)
+        by_length = (items > 0).sum(dim=1).argsort()
+        items, timestamps = items[by_length], timestamps[by_length]
         inputs, targets, input_times = items[:, :-1], items[:, 1:], timestamps[:, :-1]
         is_target = targets > 0
         positive_item = targets[is_target]  # y_w, (N,)
         with self.autocast():
-            states, aux_loss = self.policy.encode(inputs, input_times)
-            logits = self.policy.all_item_logits(states[is_target])  # (N, n_items+1)
+            target_states, aux_loss = self.encode_targets(self.policy, inputs, input_times, is_target)
+            logits = self.policy.all_item_logits(target_states)  # (N, n_items+1)
         ce_loss = F.cross_entropy(logits.float(), positive_item)
         losses = {"ce_loss": ce_loss, "aux_loss": aux_loss, "n_targets": positive_item.numel()}
         loss = ce_loss + self.aux_weight * aux_loss
@@ -197,8 +217,8 @@ class _Stage:
             pair = torch.stack([positive_item, sampled_negative], dim=1)  # (N, 2): (y_w, y_l)
             policy_scores = logits.gather(1, pair).float()
             with torch.no_grad(), self.autocast():
-                reference_states, _ = self.reference.encode(inputs, input_times)
-                reference_scores = self.reference.item_logits(reference_states[is_target], pair).float()
+                reference_states, _ = self.encode_targets(self.reference, inputs, input_times, is_target)
+                reference_scores = self.reference.item_logits(reference_states, pair).float()
             pair_losses = dpo_loss(policy_scores[:, 0], policy_scores[:, 1],
                                    reference_scores[:, 0], reference_scores[:, 1], dpo.beta)
             losses["dpo_loss"] = pair_losses.mean()

@@ -1,0 +1,27 @@
+"""Nodes of ``rodpo`` (stage 2, paper Algorithm 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from rodpo.model.encoder import RoDPOModel
+from rodpo.training.assembly import attach_item_features
+from rodpo.training.batching import build_sequence_data
+from rodpo.training.trainer import TrainConfig, train
+
+
+def train_rodpo_model(
+    warmup_model: RoDPOModel,
+    sequence_splits: pl.DataFrame,
+    item_text_features: np.ndarray,
+    item_image_features: np.ndarray,
+    item_image_mask: np.ndarray,
+    rodpo: TrainConfig,
+) -> tuple[RoDPOModel, list[dict]]:
+    """pi_theta <- pi_sft, pi_ref <- frozen pi_sft; optimise L_CE + lambda * L_DPO (Eq. 6)."""
+    if rodpo.stage != "dpo":
+        raise ValueError(f"params:rodpo has stage={rodpo.stage!r}; the DPO stage must say 'dpo'.")
+    sft = attach_item_features(warmup_model, item_text_features, item_image_features, item_image_mask)
+    data = build_sequence_data(sequence_splits, sft.config.max_seq_len)
+    return train(sft, data, rodpo)

@@ -1,0 +1,30 @@
+from kedro.pipeline import Pipeline, node
+
+from rodpo.pipelines import evaluation, warmup
+
+from .nodes import train_rodpo_model
+
+
+def dpo_stage() -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                train_rodpo_model,
+                inputs=[
+                    "warmup_model",
+                    "sequence_splits",
+                    "item_text_features",
+                    "item_image_features",
+                    "item_image_mask",
+                    "params:rodpo",
+                ],
+                outputs=["rodpo_model", "rodpo_history"],
+                name="train_rodpo_model",
+            )
+        ]
+    )
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """Warm-up (resumed or reused from its checkpoint when already trained), DPO, evaluation."""
+    return warmup.create_pipeline() + dpo_stage() + evaluation.create_pipeline()
