@@ -16,11 +16,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-@pytest.fixture
-def kedro_project(tmp_path: Path) -> Path:
-    """A throwaway project root: the repo's pyproject and conf, an empty data/ tree."""
-    project = tmp_path / "project"
+def make_project_copy(parent: Path) -> Path:
+    """A throwaway project root under `parent`: the repo's pyproject and conf, empty src/ and data/.
+
+    The package itself is imported from the installed (editable) ``rodpo``; Kedro only needs
+    ``src/`` to exist.
+    """
+    project = parent / "project"
     project.mkdir()
+    (project / "src").mkdir()
     shutil.copy(REPO_ROOT / "pyproject.toml", project / "pyproject.toml")
     shutil.copytree(REPO_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
     (project / "conf" / "local").mkdir()
@@ -28,3 +32,60 @@ def kedro_project(tmp_path: Path) -> Path:
         if layer.is_dir():
             (project / "data" / layer.name).mkdir(parents=True)
     return project
+
+
+@pytest.fixture
+def kedro_project(tmp_path: Path) -> Path:
+    return make_project_copy(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def project_copy_factory():
+    """`make_project_copy` for module- or session-scoped fixtures."""
+    return make_project_copy
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_tracking_store(tmp_path_factory) -> Path:
+    """Every MLflow run the tests start goes to a temporary SQLite store, never into the repo.
+
+    rodpo.hooks lets MLFLOW_TRACKING_URI override the project's own mlflow.db.
+    """
+    store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store.as_posix()}")
+        yield store
+
+
+# Small enough for a test (about a minute on 2 idle cores), big enough for every output to mean something.
+# Nested dicts: KedroSession.create(runtime_params=...) does not split dotted keys (the CLI does).
+DEMO_RESULTS_PARAMS = {
+    "datasets": {"demo": {"demo": {"n_users": 500, "n_items": 200}}},
+    "warmup": {"epochs": 2, "progress_bar": False},
+    "rodpo": {"epochs": 1, "progress_bar": False},
+}
+
+
+@pytest.fixture(scope="session")
+def demo_results(tmp_path_factory):
+    """A project copy holding the outputs of `__default__` and `case_study` on a small demo dataset.
+
+    Shared by the tests that read results (notebook, tracking, recommend). The run is tracked in its
+    own MLflow store, `demo_results.tracking_uri`. Runs happen inside the project directory, since
+    parameters hold project-relative paths (checkpoints, caches).
+    """
+    from types import SimpleNamespace
+
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    parent = tmp_path_factory.mktemp("demo_results")
+    project = make_project_copy(parent)
+    tracking_uri = f"sqlite:///{(parent / 'mlflow.db').as_posix()}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        patch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+        bootstrap_project(project)
+        with KedroSession.create(project_path=project, runtime_params=DEMO_RESULTS_PARAMS) as session:
+            session.run(pipeline_names=["__default__", "case_study"])
+    return SimpleNamespace(project=project, tracking_uri=tracking_uri, params=DEMO_RESULTS_PARAMS)

@@ -65,7 +65,7 @@ def test_trim_to_longest_drops_only_padding_columns():
     assert trimmed_times.tolist() == [[0, 1], [4, 5]]
 
 
-def test_large_input_builds_quickly():
+def test_many_users_every_target_supervised_once():
     rng = np.random.default_rng(0)
     n_users = 2000
     lengths = rng.integers(3, 120, size=n_users)

@@ -50,8 +50,9 @@ def _atomic(path: Path, write) -> None:
     os.replace(temporary, path)
 
 
-def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+def weights_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the model's weights (for safetensors, or to keep the best epoch in memory)."""
+    return {name: tensor.detach().cpu().clone().contiguous() for name, tensor in model.state_dict().items()}
 
 
 class RunCheckpoint:
@@ -64,7 +65,7 @@ class RunCheckpoint:
         """After an epoch: best weights first (if improved), then last weights, then the state that
         points at them, so a crash in between resumes from a consistent earlier epoch."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        weights = _weights(model)
+        weights = weights_copy(model)
         if is_best:
             _atomic(self.directory / BEST_WEIGHTS, lambda p: save_file(weights, str(p)))
         _atomic(self.directory / LAST_WEIGHTS, lambda p: save_file(weights, str(p)))
@@ -72,7 +73,7 @@ class RunCheckpoint:
 
     def save_best(self, model: nn.Module) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        weights = _weights(model)
+        weights = weights_copy(model)
         _atomic(self.directory / BEST_WEIGHTS, lambda p: save_file(weights, str(p)))
 
     def load_state(self) -> dict[str, Any] | None:
@@ -81,10 +82,12 @@ class RunCheckpoint:
             return None
         return torch.load(path, map_location="cpu", weights_only=True)
 
+    def read_weights(self, which: str = "last") -> dict[str, torch.Tensor]:
+        """CPU weights of the "last" or "best" epoch."""
+        return load_file(str(self.directory / {"last": LAST_WEIGHTS, "best": BEST_WEIGHTS}[which]))
+
     def load_weights(self, model: nn.Module, which: str = "last") -> None:
-        name = {"last": LAST_WEIGHTS, "best": BEST_WEIGHTS}[which]
-        weights = load_file(str(self.directory / name), device=str(next(model.parameters()).device))
-        model.load_state_dict(weights)
+        model.load_state_dict(self.read_weights(which))
 
     def mark_done(self, summary: dict[str, Any]) -> None:
         _atomic(self.directory / DONE_FILE, lambda p: p.write_text(json.dumps(summary, indent=2)))

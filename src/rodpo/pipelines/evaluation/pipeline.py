@@ -1,5 +1,7 @@
 from kedro.pipeline import Pipeline, node, pipeline
 
+from rodpo.tracking import final_metrics
+
 from . import nodes
 
 SHARED_INPUTS = ["sequence_splits", "item_text_features", "item_image_features", "item_image_mask"]
@@ -14,7 +16,8 @@ def evaluate_model_pipeline(model: str, namespace: str) -> Pipeline:
                 inputs=["model", *SHARED_INPUTS, "params:evaluation"],
                 outputs=["metrics", "user_ranks", "logit_samples"],
                 name="evaluate_recommender",
-            )
+            ),
+            node(final_metrics, inputs="metrics", outputs="final_metrics", name="track_final_metrics"),
         ]
     )
     return pipeline(

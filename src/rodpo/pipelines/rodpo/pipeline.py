@@ -1,6 +1,7 @@
 from kedro.pipeline import Pipeline, node
 
 from rodpo.pipelines import evaluation, warmup
+from rodpo.tracking import history_metrics
 
 from .nodes import train_rodpo_model
 
@@ -20,7 +21,9 @@ def dpo_stage() -> Pipeline:
                 ],
                 outputs=["rodpo_model", "rodpo_history"],
                 name="train_rodpo_model",
-            )
+            ),
+            node(history_metrics, inputs="rodpo_history", outputs="rodpo_history_metrics",
+                 name="track_rodpo_history"),
         ]
     )
 

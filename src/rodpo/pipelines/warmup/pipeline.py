@@ -1,5 +1,7 @@
 from kedro.pipeline import Pipeline, node
 
+from rodpo.tracking import history_metrics
+
 from .nodes import train_warmup_model
 
 
@@ -18,6 +20,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["warmup_model", "warmup_history"],
                 name="train_warmup_model",
-            )
+            ),
+            node(history_metrics, inputs="warmup_history", outputs="warmup_history_metrics",
+                 name="track_warmup_history"),
         ]
     )

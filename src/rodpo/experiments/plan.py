@@ -1,0 +1,379 @@
+"""From a study design (``parameters_experiments.yml``) to the distinct training runs it needs.
+
+A *variant* is the base parameters (``params:model`` / ``params:warmup`` / ``params:rodpo``) plus a
+few overrides written as dotted paths: ``{rodpo.dpo.k: 10}``, ``{model.moe_mode: mlp}``. Variants
+with the same effective parameters are one *setting*, trained once per seed and shared by every
+study row that names it (Top-K sampling in Table 2 = the full model in Table 3 = K=50 = beta=1.0
+in Figure 3). A DPO setting starts from, and is referenced to, the warm-up of its model and
+warm-up parameters, so DPO-only variants share one warm-up per seed and an architecture variant
+(w/o Sparse MoE) gets its own. A setting is named by how it differs from the base: ``rodpo`` (the
+base, the paper's RoDPO), ``rodpo_k10``, ``rodpo_moe_mode_mlp``, ``warmup``, ...; a run appends
+its seed: ``rodpo_k10_s2020``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rodpo.evaluation.metrics import METRIC_NAMES
+from rodpo.model.config import ModelConfig
+from rodpo.training.assembly import DATA_FIELDS
+from rodpo.training.trainer import DPOConfig, TrainConfig
+
+SECTIONS = ("model", "warmup", "rodpo")
+STAGE_SECTIONS = {"warmup": ("model", "warmup"), "dpo": ("rodpo",)}
+BASE_DPO = "rodpo"     # name of the base DPO setting: the reference every study tests against
+BASE_WARMUP = "warmup"
+MAX_NAME_CHARS = 48    # longer setting names are cut and get a hash suffix
+NAME_HASH_CHARS = 8
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Effective parameters shared by the runs of all seeds: ``overrides`` relative to the base."""
+
+    name: str
+    stage: str                      # "warmup" | "dpo"
+    overrides: dict[str, Any]       # dotted paths, only this stage's sections
+    warmup: str | None = None       # the warm-up setting a DPO setting starts from
+    difference: dict[str, Any] = field(default_factory=dict)  # every way it differs from the base
+
+    def run(self, seed: int) -> str:
+        return f"{self.name}_s{seed}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a table or one point of a sweep."""
+
+    label: str
+    setting: str                    # the setting evaluated (a warm-up setting when warmup_only)
+    warmup: str                     # the warm-up setting it started from (itself when warmup_only)
+    warmup_only: bool = False
+    sweep: str | None = None        # sweeps: the swept parameter's label ("K") and value
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    title: str
+    kind: str                       # "rows" (a table, bar chart) | "sweeps" (line panels)
+    rows: tuple[Row, ...]
+    seeds: tuple[int, ...]
+    reference: str = BASE_DPO
+    reference_warmup: str = BASE_WARMUP
+    differences: dict[str, dict[str, Any]] = field(default_factory=dict)  # setting -> how it differs from the base
+
+    def settings(self) -> list[str]:
+        """Every setting the study reads: its rows, their warm-ups and the reference, in order."""
+        names = [self.reference, self.reference_warmup]
+        for row in self.rows:
+            names += [row.setting, row.warmup]
+        return list(dict.fromkeys(names))
+
+    def runs(self) -> list[str]:
+        return [f"{setting}_s{seed}" for setting in self.settings() for seed in self.seeds]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Study:
+        values = dict(values)
+        values["rows"] = tuple(Row(**row) for row in values["rows"])
+        values["seeds"] = tuple(values["seeds"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ExperimentPlan:
+    seeds: tuple[int, ...]
+    settings: dict[str, Setting]
+    studies: dict[str, Study]
+    base_overrides: dict[str, Any] = field(default_factory=dict)  # `overrides` of the preset, every run
+
+    def runs(self) -> dict[str, dict[str, Any]]:
+        """Run name -> the overrides that rebuild it from the base parameters (warm-ups first)."""
+        runs = {}
+        for stage in ("warmup", "dpo"):
+            for setting in self.settings.values():
+                if setting.stage != stage:
+                    continue
+                sections = STAGE_SECTIONS[stage]
+                base = {k: v for k, v in self.base_overrides.items() if k.split(".")[0] in sections}
+                seed_path = f"{'warmup' if stage == 'warmup' else 'rodpo'}.seed"
+                for seed in self.seeds:
+                    runs[setting.run(seed)] = {**base, **setting.overrides, seed_path: seed}
+        return runs
+
+    def warmup_run(self, run: str) -> str:
+        """The warm-up run a DPO run starts from (same seed)."""
+        setting, seed = self.split_run(run)
+        return self.settings[self.settings[setting].warmup].run(seed)
+
+    def split_run(self, run: str) -> tuple[str, int]:
+        setting, _, seed = run.rpartition("_s")
+        if setting not in self.settings:
+            raise KeyError(f"run {run!r}: no setting {setting!r} in this plan.")
+        return setting, int(seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seeds": list(self.seeds),
+            "base_overrides": self.base_overrides,
+            "settings": {name: dataclasses.asdict(s) for name, s in self.settings.items()},
+            "studies": {name: s.to_dict() for name, s in self.studies.items()},
+            "runs": self.runs(),
+        }
+
+
+# ------------------------------------------------------------------------------ overrides
+def section_dict(value: Any) -> dict[str, Any]:
+    """A parameter block as a plain dict, whether Kedro passed a dict or built the dataclass."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return copy.deepcopy(dict(value))
+    raise TypeError(f"expected a parameter mapping or dataclass, got {type(value).__name__}.")
+
+
+def _allowed_keys(section: str) -> dict[str, Any]:
+    """Leaf paths (inside a section) a variant may override, mapped to their dataclass default."""
+    if section == "model":
+        return {f.name: _default(f) for f in dataclasses.fields(ModelConfig) if f.name not in DATA_FIELDS}
+    keys = {f.name: _default(f) for f in dataclasses.fields(TrainConfig) if f.name != "dpo"}
+    keys.update({f"dpo.{f.name}": _default(f) for f in dataclasses.fields(DPOConfig)})
+    return keys
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def check_override_path(path: str, *, where: str, allow_seed: bool = False) -> tuple[str, str]:
+    """Split 'rodpo.dpo.k' into ('rodpo', 'dpo.k'); errors name the path, the problem and the fix."""
+    section, _, key = path.partition(".")
+    if section not in SECTIONS or not key:
+        raise ValueError(f"{where}: override {path!r} must start with one of {SECTIONS}, e.g. "
+                         "'rodpo.dpo.k' or 'model.moe_mode'.")
+    allowed = _allowed_keys(section)
+    if key not in allowed:
+        raise ValueError(f"{where}: override {path!r}: {section} has no setting {key!r}; "
+                         f"use one of {sorted(allowed)}.")
+    if key == "stage":
+        raise ValueError(f"{where}: override {path!r}: the stage is fixed by the pipeline; use "
+                         "`warmup_only: true` on a row to evaluate a warm-up model.")
+    if key == "seed" and not allow_seed:
+        raise ValueError(f"{where}: override {path!r}: seeds come from `seeds:` of the preset.")
+    if section == "warmup" and key.startswith("dpo."):
+        raise ValueError(f"{where}: override {path!r} has no effect in the warm-up stage; use 'rodpo.{key}'.")
+    return section, key
+
+
+def apply_overrides(sections: Mapping[str, Mapping[str, Any]], overrides: Mapping[str, Any],
+                    *, where: str = "overrides") -> dict[str, dict[str, Any]]:
+    """Copy of the parameter sections with dotted overrides set (``{'rodpo.dpo.k': 10}``)."""
+    out = {name: section_dict(values) for name, values in sections.items()}
+    for path, value in overrides.items():
+        section, key = check_override_path(path, where=where, allow_seed=True)
+        if section not in out:
+            raise ValueError(f"{where}: override {path!r} does not apply to this stage (it sets "
+                             f"{sorted(out)} only).")
+        target = out[section]
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return out
+
+
+def _normalised(sections: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every field filled with its default, so equal settings compare equal however they are written."""
+    out = {}
+    for section, values in sections.items():
+        if section == "model":
+            model = {**_allowed_keys("model"), **values}
+            model["modalities"] = list(model["modalities"])
+            out[section] = model
+        else:
+            out[section] = TrainConfig(**values).to_dict()
+    return out
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _difference(base: Mapping[str, Mapping[str, Any]], other: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Dotted paths whose value in ``other`` differs from ``base``, sorted."""
+    base_flat = {f"{s}.{k}": v for s in base for k, v in _flatten(base[s]).items()}
+    other_flat = {f"{s}.{k}": v for s in other for k, v in _flatten(other[s]).items()}
+    return {path: other_flat[path] for path in sorted(other_flat) if other_flat[path] != base_flat.get(path)}
+
+
+# --------------------------------------------------------------------------------- names
+def _slug(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "_".join(_slug(v) for v in value)
+    text = str(value).lower().replace(".", "p").replace("-", "m")
+    return re.sub(r"[^a-z0-9]+", "_", text).strip("_")
+
+
+def _token(path: str, value: Any) -> str:
+    section, _, key = path.partition(".")
+    key = key.removeprefix("dpo.").replace(".", "_")
+    if section == "warmup":
+        key = f"warmup_{key}"
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f"{key}{_slug(value)}" if is_number else f"{key}_{_slug(value)}"
+
+
+def _setting_name(prefix: str, difference: Mapping[str, Any]) -> str:
+    name = "_".join([prefix, *(_token(p, v) for p, v in difference.items())])
+    if len(name) > MAX_NAME_CHARS:
+        digest = hashlib.sha256(json.dumps(difference, sort_keys=True, default=str).encode()).hexdigest()
+        name = f"{name[:MAX_NAME_CHARS - NAME_HASH_CHARS - 1]}_{digest[:NAME_HASH_CHARS]}"
+    return name
+
+
+# ---------------------------------------------------------------------------------- plan
+def metric_cutoffs(metrics: Any) -> list[int]:
+    """Cut-offs of metrics like ['ndcg@5', 'mrr@5'] (the studied ones); errors name the bad entry."""
+    if not metrics or isinstance(metrics, str):
+        raise ValueError(f"experiments.metrics: expected a list such as [ndcg@5, mrr@5], got {metrics!r}.")
+    cutoffs = set()
+    for metric in metrics:
+        name, _, cutoff = str(metric).partition("@")
+        if name not in METRIC_NAMES or not cutoff.isdigit() or int(cutoff) < 1:
+            raise ValueError(f"experiments.metrics: {metric!r} is not like 'ndcg@5', 'mrr@5' or 'hit@10'.")
+        cutoffs.add(int(cutoff))
+    return sorted(cutoffs)
+
+
+def _check_overrides(overrides: Any, where: str) -> dict[str, Any]:
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"{where}: expected a mapping of dotted paths to values, e.g. "
+                         f"{{rodpo.dpo.k: 10}}, got {overrides!r}.")
+    trajectory_free = set(TrainConfig().to_dict()) - set(TrainConfig(stage="dpo").run_key_fields())
+    for path in overrides:
+        section, key = check_override_path(path, where=where)
+        if section != "model" and key in trajectory_free:
+            raise ValueError(
+                f"{where}: override {path!r}: {key} is not part of a training run's checkpoint key "
+                "(runs resume across its values), so variants may not differ in it; set it for every "
+                "run in the preset's `overrides`."
+            )
+    return dict(overrides)
+
+
+def _study_rows(name: str, study: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """(kind, [{label, overrides, warmup_only, sweep, value}]) from `rows:` or `sweeps:`."""
+    where = f"experiments.studies.{name}"
+    if ("rows" in study) == ("sweeps" in study):
+        raise ValueError(f"{where}: give either `rows:` (a table) or `sweeps:` (line panels), not "
+                         f"{'both' if 'rows' in study else 'neither'}.")
+    entries = []
+    if "rows" in study:
+        for index, row in enumerate(study["rows"]):
+            row_where = f"{where}.rows[{index}]"
+            unknown = set(row) - {"label", "overrides", "warmup_only"}
+            if "label" not in row or unknown:
+                raise ValueError(f"{row_where}: expected {{label, overrides, warmup_only}}, got keys {sorted(row)}.")
+            entries.append({"label": str(row["label"]), "warmup_only": bool(row.get("warmup_only", False)),
+                            "overrides": _check_overrides(row.get("overrides"), row_where)})
+        return "rows", entries
+    for index, sweep in enumerate(study["sweeps"]):
+        sweep_where = f"{where}.sweeps[{index}]"
+        if set(sweep) != {"label", "path", "values"} or not sweep["values"]:
+            raise ValueError(f"{sweep_where}: expected {{label, path, values: [at least one]}}, got {dict(sweep)}.")
+        for value in sweep["values"]:
+            entries.append({"label": f"{sweep['label']}={value}", "warmup_only": False, "sweep": str(sweep["label"]),
+                            "value": value, "overrides": _check_overrides({sweep["path"]: value}, sweep_where)})
+    return "sweeps", entries
+
+
+def plan_experiments(design: Mapping[str, Any], base: Mapping[str, Any]) -> ExperimentPlan:
+    """Expand a preset (``seeds``, ``overrides``, ``studies``) over the base parameter sections.
+
+    ``base`` maps "model", "warmup", "rodpo" to their parameter blocks (dicts or the dataclasses
+    Kedro builds from them). Deterministic: the same design and base give the same names.
+    """
+    seeds = tuple(design.get("seeds") or ())
+    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
+        raise ValueError(f"experiments.seeds: expected a list of distinct integers, got {list(seeds)}.")
+    metric_cutoffs(design.get("metrics"))
+    studies = design.get("studies") or {}
+    if not studies:
+        raise ValueError("experiments.studies: no study defined; add e.g. `negative_sampling: {rows: [...]}`.")
+    missing = [s for s in SECTIONS if s not in base]
+    if missing:
+        raise ValueError(f"base parameters: missing {missing}; load parameters_warmup.yml and parameters_rodpo.yml.")
+    preset_overrides = dict(design.get("overrides") or {})
+    for path in preset_overrides:
+        check_override_path(path, where="experiments.overrides")
+    base_sections = apply_overrides({s: base[s] for s in SECTIONS}, preset_overrides,
+                                    where="experiments.overrides")
+    normal_base = _normalised(base_sections)
+
+    settings: dict[str, Setting] = {}
+    identities: dict[str, str] = {}  # identity json -> setting name
+
+    def register(stage: str, difference: dict[str, Any], warmup: str | None) -> str:
+        identity = json.dumps([stage, difference], sort_keys=True, default=str)
+        if identity in identities:
+            return identities[identity]
+        name = _setting_name(BASE_WARMUP if stage == "warmup" else BASE_DPO, difference)
+        if name in settings:  # two different settings with one readable name (e.g. 1 and "1")
+            name = f"{name}_{hashlib.sha256(identity.encode()).hexdigest()[:NAME_HASH_CHARS]}"
+        sections = STAGE_SECTIONS[stage]
+        own = {p: v for p, v in difference.items() if p.split(".")[0] in sections}
+        settings[name] = Setting(name=name, stage=stage, overrides=own, warmup=warmup, difference=difference)
+        identities[identity] = name
+        return name
+
+    def add_variant(overrides: Mapping[str, Any], warmup_only: bool, where: str) -> tuple[str, str]:
+        effective = _normalised(apply_overrides(base_sections, overrides, where=where))
+        difference = _difference(normal_base, effective)
+        warmup_difference = {p: v for p, v in difference.items() if p.split(".")[0] != "rodpo"}
+        warmup = register("warmup", warmup_difference, None)
+        if warmup_only:
+            if len(warmup_difference) != len(difference):
+                raise ValueError(f"{where}: a warmup_only row evaluates the warm-up model, so rodpo.* "
+                                 "overrides have no effect; remove them.")
+            return warmup, warmup
+        return register("dpo", difference, warmup), warmup
+
+    reference, reference_warmup = add_variant({}, False, "base parameters")
+    planned = {}
+    for name, study in studies.items():
+        kind, entries = _study_rows(name, study)
+        rows = []
+        for entry in entries:
+            setting, warmup = add_variant(entry["overrides"], entry["warmup_only"], f"experiments.studies.{name}")
+            rows.append(Row(label=entry["label"], setting=setting, warmup=warmup, warmup_only=entry["warmup_only"],
+                            sweep=entry.get("sweep"), value=entry.get("value")))
+        planned[name] = Study(name=name, title=str(study.get("title", name)), kind=kind, rows=tuple(rows),
+                              seeds=seeds, reference=reference, reference_warmup=reference_warmup)
+        planned[name] = dataclasses.replace(planned[name], differences={
+            setting: settings[setting].difference for setting in planned[name].settings()})
+    return ExperimentPlan(seeds=seeds, settings=settings, studies=planned, base_overrides=preset_overrides)

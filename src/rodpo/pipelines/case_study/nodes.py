@@ -1,0 +1,75 @@
+"""Nodes of ``case_study``: an adapter over ``rodpo.evaluation.case_study``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from rodpo.evaluation.case_study import build_case_study, case_study_markdown
+from rodpo.evaluation.recommend import DEFAULT_BATCH_SIZE, top_n_items
+from rodpo.model.encoder import RoDPOModel
+from rodpo.training.assembly import attach_item_features
+from rodpo.training.batching import build_sequence_data
+
+
+@dataclass
+class CaseStudyParams:
+    top_k: int = 5                  # length of each model's list (Figure 5 shows a top-5)
+    history_len: int = 5            # most recent history items shown
+    n_rodpo_wins: int = 3           # users with the target in RoDPO's top-k but not the warm-up's
+    n_counter_examples: int = 1     # and the other way round
+    seed: int = 0
+    mask_history: bool = False      # as in evaluation: the paper's protocol keeps history items rankable
+    batch_size: int = DEFAULT_BATCH_SIZE
+    device: str = "auto"
+
+
+def report_case_study(
+    warmup_model: RoDPOModel,
+    rodpo_model: RoDPOModel,
+    sequence_splits: pl.DataFrame,
+    items: pl.DataFrame,
+    user_id_map: pl.DataFrame,
+    item_text_features: np.ndarray,
+    item_image_features: np.ndarray,
+    item_image_mask: np.ndarray,
+    case_study: CaseStudyParams,
+    dataset: str,
+) -> str:
+    """Top-k of both models for every test user, then a markdown report on a few seeded picks."""
+    exclude = (sequence_splits.select(pl.concat_list("train_item_ids", "valid_item_id")).to_series()
+               if case_study.mask_history else None)  # the test input history
+    top_lists = {}
+    for name, model in (("warmup", warmup_model), ("rodpo", rodpo_model)):
+        model = attach_item_features(model, item_text_features, item_image_features, item_image_mask)
+        test = build_sequence_data(sequence_splits, model.config.max_seq_len).test
+        top_lists[name], _ = top_n_items(model, test.items, test.timestamps, top_n=case_study.top_k,
+                                         exclude=exclude, batch_size=case_study.batch_size,
+                                         device=case_study.device)
+    target = test.targets
+    warmup_hit = (top_lists["warmup"] == target[:, None]).any(axis=1)
+    rodpo_hit = (top_lists["rodpo"] == target[:, None]).any(axis=1)
+    users = build_case_study(
+        test.user_ids, test.items, target, top_lists["warmup"], top_lists["rodpo"],
+        history_len=case_study.history_len, n_rodpo_wins=case_study.n_rodpo_wins,
+        n_counter_examples=case_study.n_counter_examples, seed=case_study.seed,
+    )
+    return case_study_markdown(
+        users,
+        item_titles=_display_titles(items),
+        original_user_ids=dict(zip(user_id_map["user_id"].to_list(), user_id_map["original_user_id"].to_list())),
+        dataset=dataset,
+        total_users=len(target),
+        rodpo_only_hits=int((rodpo_hit & ~warmup_hit).sum()),
+        warmup_only_hits=int((warmup_hit & ~rodpo_hit).sum()),
+    )
+
+
+def _display_titles(items: pl.DataFrame) -> list[str]:
+    """Index i = item id i (0 = padding); an item without a title shows its original id."""
+    titles = items.sort("item_id").select(
+        pl.when(pl.col("title").str.strip_chars() != "").then("title").otherwise("original_item_id")
+    ).to_series().to_list()
+    return ["", *titles]

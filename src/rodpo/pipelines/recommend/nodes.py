@@ -1,0 +1,45 @@
+"""Nodes of ``recommend``: an adapter over ``rodpo.evaluation.recommend``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from rodpo.evaluation.recommend import DEFAULT_BATCH_SIZE, DEFAULT_TOP_N, recommend_top_n
+from rodpo.model.encoder import RoDPOModel
+from rodpo.training.assembly import attach_item_features
+
+RECOMMENDABLE_MODELS = ("rodpo", "warmup")
+
+
+@dataclass
+class RecommendParams:
+    model: str = "rodpo"            # which trained model recommends: rodpo | warmup
+    top_n: int = DEFAULT_TOP_N
+    exclude_history: bool = True    # never recommend an item the user already has
+    batch_size: int = DEFAULT_BATCH_SIZE
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.model not in RECOMMENDABLE_MODELS:
+            raise ValueError(f"params:recommend.model={self.model!r}: expected one of {RECOMMENDABLE_MODELS}, "
+                             "e.g. `kedro run --pipeline recommend --params recommend.model=warmup`.")
+
+
+def recommend_for_all_users(
+    recommendation_model: RoDPOModel,
+    sequences: pl.DataFrame,
+    user_id_map: pl.DataFrame,
+    item_id_map: pl.DataFrame,
+    item_text_features: np.ndarray,
+    item_image_features: np.ndarray,
+    item_image_mask: np.ndarray,
+    recommend: RecommendParams,
+) -> pl.DataFrame:
+    """(user_id, rank, item_id, score) for every user, scored on the full history, original ids."""
+    model = attach_item_features(recommendation_model, item_text_features, item_image_features, item_image_mask)
+    return recommend_top_n(model, sequences, user_id_map, item_id_map, top_n=recommend.top_n,
+                           exclude_history=recommend.exclude_history, batch_size=recommend.batch_size,
+                           device=recommend.device)

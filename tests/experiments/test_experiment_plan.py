@@ -1,0 +1,120 @@
+"""Study design -> settings and runs: deduplication, shared warm-ups, names, override checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from rodpo.experiments.plan import apply_overrides, plan_experiments
+from rodpo.training.trainer import TrainConfig
+
+BASE = {
+    "model": {"hidden_size": 64, "moe_mode": "sparse", "modalities": ["id", "text"]},
+    "warmup": {"stage": "warmup", "epochs": 50, "seed": 2020},
+    "rodpo": {"stage": "dpo", "epochs": 10, "seed": 2020, "dpo": {"k": 50, "beta": 1.0,
+                                                                  "negative_strategy": "topk_uniform"}},
+}
+TABLE2 = {"rows": [
+    {"label": "Random", "overrides": {"rodpo.dpo.negative_strategy": "random"}},
+    {"label": "Argmax", "overrides": {"rodpo.dpo.negative_strategy": "argmax"}},
+    {"label": "Top-K", "overrides": {"rodpo.dpo.negative_strategy": "topk_uniform"}},
+]}
+TABLE3 = {"rows": [
+    {"label": "Full", "overrides": {}},
+    {"label": "w/o MoE", "overrides": {"model.moe_mode": "mlp"}},
+    {"label": "w/o DPO", "warmup_only": True},
+]}
+FIGURE3 = {"sweeps": [{"label": "K", "path": "rodpo.dpo.k", "values": [10, 50]},
+                      {"label": "beta", "path": "rodpo.dpo.beta", "values": [0.1, 1.0]}]}
+
+
+def design(**studies) -> dict:
+    return {"seeds": [1, 2], "metrics": ["ndcg@5", "mrr@5"],
+            "studies": studies or {"t2": TABLE2, "t3": TABLE3, "f3": FIGURE3}}
+
+
+def test_identical_variants_across_studies_are_one_setting():
+    plan = plan_experiments(design(), BASE)
+    setting_of = {(name, row.label): row.setting for name, study in plan.studies.items() for row in study.rows}
+    # Top-K sampling = the full model = K=50 = beta=1.0 = the base parameters
+    assert {setting_of["t2", "Top-K"], setting_of["t3", "Full"], setting_of["f3", "K=50"],
+            setting_of["f3", "beta=1.0"]} == {"rodpo"}
+    assert setting_of["f3", "K=10"] == "rodpo_k10" and setting_of["f3", "beta=0.1"] == "rodpo_beta0p1"
+    assert setting_of["t3", "w/o DPO"] == "warmup"
+    assert sorted(plan.settings) == sorted([
+        "warmup", "warmup_moe_mode_mlp", "rodpo", "rodpo_negative_strategy_random",
+        "rodpo_negative_strategy_argmax", "rodpo_moe_mode_mlp", "rodpo_k10", "rodpo_beta0p1"])
+
+
+def test_dpo_variants_share_one_warmup_per_architecture_and_seed():
+    plan = plan_experiments(design(), BASE)
+    warmups = {name for name, s in plan.settings.items() if s.stage == "warmup"}
+    assert warmups == {"warmup", "warmup_moe_mode_mlp"}
+    assert {s.warmup for s in plan.settings.values() if s.stage == "dpo"} == warmups
+    assert plan.settings["rodpo_moe_mode_mlp"].warmup == "warmup_moe_mode_mlp"
+    runs = plan.runs()
+    assert len(runs) == len(plan.settings) * 2  # every setting once per seed
+    assert list(runs)[:4] == ["warmup_s1", "warmup_s2", "warmup_moe_mode_mlp_s1", "warmup_moe_mode_mlp_s2"]
+    assert plan.warmup_run("rodpo_k10_s2") == "warmup_s2"
+    assert plan.warmup_run("rodpo_moe_mode_mlp_s1") == "warmup_moe_mode_mlp_s1"
+
+
+def test_run_overrides_rebuild_the_run_from_the_base_parameters():
+    plan = plan_experiments({**design(), "overrides": {"warmup.epochs": 2, "rodpo.epochs": 1}}, BASE)
+    runs = plan.runs()
+    assert runs["warmup_moe_mode_mlp_s2"] == {"warmup.epochs": 2, "model.moe_mode": "mlp", "warmup.seed": 2}
+    assert runs["rodpo_k10_s1"] == {"rodpo.epochs": 1, "rodpo.dpo.k": 10, "rodpo.seed": 1}
+    # the MLP DPO stage differs only through its warm-up model; the study records how
+    assert runs["rodpo_moe_mode_mlp_s1"] == {"rodpo.epochs": 1, "rodpo.seed": 1}
+    assert plan.studies["t3"].differences["rodpo_moe_mode_mlp"] == {"model.moe_mode": "mlp"}
+
+
+def test_study_lists_its_rows_warmups_and_the_reference():
+    plan = plan_experiments(design(), BASE)
+    t2 = plan.studies["t2"]
+    assert t2.kind == "rows" and t2.reference == "rodpo" and t2.reference_warmup == "warmup"
+    assert t2.settings() == ["rodpo", "warmup", "rodpo_negative_strategy_random", "rodpo_negative_strategy_argmax"]
+    assert len(t2.runs()) == 4 * 2
+    f3 = plan.studies["f3"]
+    assert [(row.sweep, row.value) for row in f3.rows] == [("K", 10), ("K", 50), ("beta", 0.1), ("beta", 1.0)]
+
+
+def test_dataclass_base_parameters_plan_like_dicts():
+    """At run time Kedro hands the nodes TrainConfig objects; the plan must not change."""
+    as_dataclasses = {**BASE, "warmup": TrainConfig(**BASE["warmup"]), "rodpo": TrainConfig(**BASE["rodpo"])}
+    assert plan_experiments(design(), as_dataclasses).runs() == plan_experiments(design(), BASE).runs()
+
+
+def test_apply_overrides_sets_nested_values_on_a_copy():
+    out = apply_overrides(BASE, {"rodpo.dpo.k": 10, "model.moe_mode": "mlp", "warmup.seed": 7})
+    assert out["rodpo"]["dpo"] == {"k": 10, "beta": 1.0, "negative_strategy": "topk_uniform"}
+    assert out["model"]["moe_mode"] == "mlp" and out["warmup"]["seed"] == 7
+    assert BASE["rodpo"]["dpo"]["k"] == 50 and BASE["model"]["moe_mode"] == "sparse"
+    with pytest.raises(ValueError, match="does not apply to this stage"):
+        apply_overrides({"rodpo": BASE["rodpo"]}, {"model.moe_mode": "mlp"})
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"rodpo.dpo.kk": 10}, "rodpo has no setting 'dpo.kk'"),
+    ({"optimizer.lr": 0.1}, "must start with one of"),
+    ({"rodpo.seed": 3}, "seeds come from"),
+    ({"rodpo.epochs": 3}, "not part of a training run's checkpoint key"),
+    ({"rodpo.stage": "warmup"}, "stage is fixed"),
+    ({"warmup.dpo.k": 3}, "no effect in the warm-up stage"),
+    ({"model.n_items": 3}, "model has no setting 'n_items'"),
+])
+def test_bad_variant_overrides_are_refused_with_the_fix(overrides, message):
+    study = {"rows": [{"label": "x", "overrides": overrides}]}
+    with pytest.raises(ValueError, match=message):
+        plan_experiments(design(s=study), BASE)
+
+
+def test_bad_designs_are_refused():
+    with pytest.raises(ValueError, match="distinct integers"):
+        plan_experiments({"seeds": [1, 1], "studies": {"t2": TABLE2}}, BASE)
+    with pytest.raises(ValueError, match="'recall@5' is not like"):
+        plan_experiments({**design(), "metrics": ["ndcg@5", "recall@5"]}, BASE)
+    with pytest.raises(ValueError, match="either `rows:`"):
+        plan_experiments(design(s={"rows": [], "sweeps": []}), BASE)
+    with pytest.raises(ValueError, match="rodpo.\\* overrides have no effect"):
+        plan_experiments(design(s={"rows": [{"label": "x", "warmup_only": True,
+                                             "overrides": {"rodpo.dpo.k": 3}}]}), BASE)

@@ -1,0 +1,81 @@
+"""A study's markdown table, figure and logit panels, from hand-made results."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rodpo.experiments.reports import study_figure, study_logit_figure, study_table_markdown
+
+METRICS = ["ndcg@5", "mrr@5"]
+
+
+def setting(mean: float, std: float) -> dict:
+    return {"runs": {}, "per_seed": {}, "mean": {m: mean for m in METRICS}, "std": {m: std for m in METRICS}}
+
+
+def row(label, setting_name, mean, std, markers="", sweep=None, value=None, warmup_only=False) -> dict:
+    return {"label": label, "setting": setting_name, "warmup": "warmup", "warmup_only": warmup_only,
+            "sweep": sweep, "value": value, "mean": {m: mean for m in METRICS},
+            "std": {m: std for m in METRICS}, "markers": {m: markers for m in METRICS}}
+
+
+def results(kind: str, rows: list[dict]) -> dict:
+    return {
+        "study": "s", "title": "Table 2: negative sampling", "kind": kind, "dataset": "demo", "split": "test",
+        "seeds": [1, 2], "metrics": METRICS, "users": 1234, "reference": "rodpo", "reference_warmup": "warmup",
+        "rows": rows,
+        "settings": {"rodpo": setting(0.05, 0.001), "rodpo_random": setting(0.04, 0.002),
+                     "rodpo_k10": setting(0.045, 0.003), "warmup": setting(0.03, 0.0005)},
+        "tests": [{"kind": "vs_warmup", "a": "warmup", "b": "rodpo", "metric": "ndcg@5", "mean_diff": 0.02,
+                   "ci_low": 0.01, "ci_high": 0.03, "p_value": 0.0001, "significant": True},
+                  {"kind": "vs_reference", "a": "rodpo_random", "b": "rodpo", "metric": "ndcg@5",
+                   "mean_diff": 0.01, "ci_low": -0.002, "ci_high": 0.02, "p_value": 0.2, "significant": False}],
+        "significance": {"alpha": 0.05, "confidence": 0.95, "n_resamples": 10_000},
+    }
+
+
+TABLE = results("rows", [row("Random Sampling", "rodpo_random", 0.04, 0.002, "†‡"),
+                         row("Top-K Sampling (Ours)", "rodpo", 0.05, 0.001, "†")])
+SWEEP = results("sweeps", [row("K=10", "rodpo_k10", 0.045, 0.003, "‡", "K", 10),
+                           row("K=50", "rodpo", 0.05, 0.001, "†", "K", 50),
+                           row("beta=1.0", "rodpo", 0.05, 0.001, "†", "beta", 1.0)])
+
+
+def test_table_has_mean_std_markers_legend_and_tests():
+    text = study_table_markdown(TABLE)
+    assert "| Variant | NDCG@5 | MRR@5 |" in text
+    assert "| Random Sampling | 0.0400 ± 0.0020 †‡ | 0.0400 ± 0.0020 †‡ |" in text
+    # the reference's warm-up is shown for context when no row is the warm-up
+    assert "| _Warm-up (SFT) of Top-K Sampling (Ours)_ | 0.0300 ± 0.0005 |" in text
+    assert "† differs significantly from the row's own warm-up" in text
+    assert "‡ differs significantly from Top-K Sampling (Ours)" in text and "p < 0.05" in text
+    assert "1,234 test users" in text
+    assert "| Top-K Sampling (Ours) vs Warm-up (SFT) | NDCG@5 | +0.0200 | [+0.0100, +0.0300] | 0.0001 | † |" in text
+    assert "| Top-K Sampling (Ours) vs Random Sampling | NDCG@5 | +0.0100 | [-0.0020, +0.0200] | 0.2000 |  |" in text
+
+
+def test_sweep_table_has_one_table_per_swept_parameter():
+    text = study_table_markdown(SWEEP)
+    assert "| K | NDCG@5 | MRR@5 |" in text and "| beta | NDCG@5 | MRR@5 |" in text
+    assert "| 10 | 0.0450 ± 0.0030 ‡ |" in text
+    # a setting shown as several points is named by all its labels
+    assert "| K=50 / beta=1.0 vs Warm-up (SFT) |" in text
+
+
+def test_figures_have_one_series_per_metric_and_one_panel_per_sweep():
+    bars = study_figure(TABLE)
+    (ax,) = bars.axes
+    assert len(ax.containers) >= len(METRICS)  # one bar series per metric (plus error bars)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Random Sampling", "Top-K Sampling\n(Ours)"]
+    lines = study_figure(SWEEP)
+    assert [a.get_xlabel() for a in lines.axes] == ["K", "beta"]
+    assert [t.get_text() for t in lines.axes[0].get_xticklabels()] == ["10", "50"]
+
+
+def test_logit_figure_has_the_warmup_and_each_setting_once():
+    rng = np.random.default_rng(0)
+    samples = {s: {"positive": rng.normal(1, 1, 50), "negative": rng.normal(0, 1, 50)}
+               for s in ("warmup", "rodpo", "rodpo_k10")}
+    figure = study_logit_figure(SWEEP, samples)
+    titles = [a.get_title() for a in figure.axes]
+    assert titles == ["(a) Warm-up (SFT)", "(b) K=10", "(c) K=50 / beta=1.0"]

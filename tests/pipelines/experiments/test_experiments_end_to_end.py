@@ -1,0 +1,112 @@
+"""``experiments_quick`` end to end on a small demo dataset through KedroSession.
+
+The real quick preset (its three studies, 2 seeds: 4 warm-ups and 12 DPO runs) with a tiny model,
+300 demo users and one epoch per stage; one run is shared by the module's tests. Every study writes
+its versioned results json, markdown table and figures; the json holds per-seed metrics, mean / std
+and paired tests; runs shared between studies are trained once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+pytestmark = pytest.mark.slow
+
+# Runtime parameters are nested dicts (KedroSession, unlike `kedro run --params`, does not split
+# dotted keys).
+SMALL_DEMO = {"datasets": {"demo": {"demo": {"n_users": 300, "n_items": 150, "n_clusters": 6}}}}
+TINY_MODEL = {"model": {"hidden_size": 16, "n_layers": 1, "n_heads": 1, "inner_size": 32, "max_seq_len": 20,
+                        "n_gap_buckets": 8, "n_time_buckets": 8},
+              "evaluation": {"logit_sample_k": 20}}
+# For every run of the preset (merged into its `overrides` through conf/local).
+QUICK_OVERRIDES = {"warmup.epochs": 1, "rodpo.epochs": 1, "warmup.batch_size": 512, "rodpo.batch_size": 512}
+STUDIES = ("negative_sampling", "components", "sensitivity")
+
+
+def _run(project: Path, pipelines: list[str], params: dict) -> None:
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, runtime_params=params) as session:
+        session.run(pipeline_names=pipelines)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory, project_copy_factory):
+    """The project after the data pipelines and one ``experiments_quick`` run, and the trainer's log."""
+    project = project_copy_factory(tmp_path_factory.mktemp("experiments"))
+    # The study design is read when the pipeline is built, so run-wide overrides go in conf/local.
+    local = {"experiments_quick": {"overrides": QUICK_OVERRIDES, "significance": {"n_resamples": 200}}}
+    (project / "conf/local/parameters_experiments.yml").write_text(yaml.safe_dump(local))
+    cwd = Path.cwd()
+    os.chdir(project)  # the pipeline finds its project (and conf) from the working directory
+    records, trainer_logger = _Records(), logging.getLogger("rodpo.training")
+    try:
+        _run(project, ["data_download", "data_processing", "feature_extraction"], SMALL_DEMO)
+        trainer_logger.addHandler(records)
+        _run(project, ["experiments_quick"], {**SMALL_DEMO, **TINY_MODEL})
+    finally:
+        trainer_logger.removeHandler(records)
+        os.chdir(cwd)
+    return project, records.messages
+
+
+def _latest(path: Path) -> Path:
+    return sorted(path.iterdir())[-1] / path.name
+
+
+def test_every_study_writes_results_table_and_figures(quick_study):
+    project, _ = quick_study
+    reports = project / "data/08_reporting/demo/experiments_quick"
+    for study in STUDIES:
+        assert _latest(reports / f"{study}.json").exists(), study  # versioned
+        for name in (f"{study}.md", f"{study}.png", f"{study}_logits.png"):
+            assert (reports / name).stat().st_size > 0, name
+    assert (project / "data/07_model_output/demo/experiments_quick/runs/rodpo_k10_s2021/user_ranks.parquet").exists()
+
+
+def test_results_hold_seeds_mean_std_and_paired_tests(quick_study):
+    project, _ = quick_study
+    results = json.loads(_latest(project / "data/08_reporting/demo/experiments_quick/negative_sampling.json")
+                         .read_text())
+    assert results["seeds"] == [2020, 2021]
+    labels = [row["label"] for row in results["rows"]]
+    assert labels == ["Random Sampling", "Hard Sampling (Argmax)", "Top-K Sampling (Ours)"]
+    rodpo = results["settings"]["rodpo"]
+    assert set(rodpo["per_seed"]) == {"2020", "2021"}
+    ndcg = [rodpo["per_seed"][seed]["ndcg@5"] for seed in ("2020", "2021")]
+    assert rodpo["mean"]["ndcg@5"] == pytest.approx(sum(ndcg) / 2)
+    assert rodpo["std"]["ndcg@5"] == pytest.approx(abs(ndcg[0] - ndcg[1]) / 2 ** 0.5)
+    compared = {(t["kind"], t["a"], t["b"], t["metric"]) for t in results["tests"]}
+    assert ("vs_warmup", "warmup", "rodpo", "ndcg@5") in compared
+    assert ("vs_reference", "rodpo_negative_strategy_argmax", "rodpo", "mrr@5") in compared
+    for test in results["tests"]:
+        assert test["ci_low"] <= test["mean_diff"] <= test["ci_high"]
+        assert 0 < test["p_value"] <= 1 and test["n"] == results["users"]
+    table = (project / "data/08_reporting/demo/experiments_quick/negative_sampling.md").read_text()
+    assert "| Hard Sampling (Argmax) |" in table and " ± " in table and "‡" in table
+
+
+def test_shared_runs_are_trained_once(quick_study):
+    _, log = quick_study
+    warmups = [m for m in log if m.startswith("warmup epoch 1:")]
+    dpo_runs = [m for m in log if m.startswith("dpo epoch 1:")]
+    # 2 architectures (sparse MoE, MLP) x 2 seeds; 6 DPO settings (rodpo = Top-K = K=50 = beta=1.0,
+    # random, argmax, MLP, K=10, beta=0.5) x 2 seeds
+    assert len(warmups) == 4
+    assert len(dpo_runs) == 12

@@ -1,0 +1,99 @@
+"""The experiments pipelines built from conf/base: namespaced runs, shared warm-ups, registration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kedro.config import OmegaConfigLoader
+from kedro.framework.project import pipelines
+from kedro.framework.startup import bootstrap_project
+from kedro.io import DataCatalog
+
+from rodpo.pipelines.evaluation.nodes import evaluate_recommender
+from rodpo.pipelines.experiments.pipeline import experiments_pipeline, plan_from_parameters, project_parameters
+from rodpo.pipelines.rodpo.nodes import train_rodpo_model
+from rodpo.pipelines.warmup.nodes import train_warmup_model
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def parameters() -> dict:
+    bootstrap_project(REPO_ROOT)
+    return project_parameters(REPO_ROOT, env="base")
+
+
+def _by_suffix(pipe, suffix: str) -> list:
+    return [n for n in pipe.nodes if n.name.endswith(f".{suffix}")]
+
+
+def test_full_preset_trains_one_warmup_per_architecture_and_seed(parameters):
+    pipe = experiments_pipeline(plan_from_parameters(parameters, "experiments"), "experiments")
+    warmups = _by_suffix(pipe, "train_warmup_model")
+    dpo = _by_suffix(pipe, "train_rodpo_model")
+    # 2 architectures (sparse MoE, MLP) x 3 seeds
+    assert len(warmups) == 2 * 3
+    # 10 distinct DPO settings x 3 seeds: RoDPO (= Top-K = K=50 = beta=1.0), random, argmax,
+    # w/o Sparse MoE, K in {10, 20, 100}, beta in {0.1, 0.5, 2.0}
+    assert len(dpo) == 10 * 3
+    # every run is evaluated once; two nodes per study (results, then reports)
+    assert len(_by_suffix(pipe, "evaluate_recommender")) == 36
+    assert len(_by_suffix(pipe, "summarise_study")) == len(_by_suffix(pipe, "report_study")) == 3
+    assert {n.func for n in warmups} == {train_warmup_model}
+    assert {n.func for n in dpo} == {train_rodpo_model}
+    assert {n.func for n in _by_suffix(pipe, "evaluate_recommender")} == {evaluate_recommender}
+
+
+def test_dpo_runs_start_from_the_warmup_of_their_architecture_and_seed(parameters):
+    pipe = experiments_pipeline(plan_from_parameters(parameters, "experiments"), "experiments")
+    dpo = {n.namespace: n for n in _by_suffix(pipe, "train_rodpo_model")}
+    assert dpo["experiments.runs.rodpo_k10_s2021"].inputs[0] == "experiments.runs.warmup_s2021.model"
+    assert (dpo["experiments.runs.rodpo_moe_mode_mlp_s2022"].inputs[0]
+            == "experiments.runs.warmup_moe_mode_mlp_s2022.model")
+    warmup_inputs = {n.inputs[0] for n in dpo.values()}
+    assert len(warmup_inputs) == 2 * 3  # 30 DPO runs read 6 warm-up models
+    # the only free inputs are the shared data and parameters: nothing is trained twice
+    assert {name for name in pipe.inputs() if not name.startswith("params:")} == {
+        "sequence_splits", "item_text_features", "item_image_features", "item_image_mask"}
+
+
+def test_quick_preset_is_smaller_and_registered_outside_the_default(parameters):
+    quick = experiments_pipeline(plan_from_parameters(parameters, "experiments_quick"), "experiments_quick")
+    assert len(_by_suffix(quick, "train_warmup_model")) == 2 * 2
+    assert len(_by_suffix(quick, "train_rodpo_model")) == 6 * 2
+    assert all(n.name.startswith("experiments_quick.") for n in quick.nodes)
+    bootstrap_project(REPO_ROOT)
+    assert {"experiments", "experiments_quick"} <= set(pipelines)
+    default = {n.name for n in pipelines["__default__"].nodes}
+    assert not any(name.startswith("experiments") for name in default)
+
+
+def test_run_time_parameters_that_change_the_runs_stop_the_plan_node(parameters):
+    """The structure is built from conf; `--params` that would add or merge runs must not run silently."""
+    plan = plan_from_parameters(parameters, "experiments_quick")
+    (plan_node,) = _by_suffix(experiments_pipeline(plan, "experiments_quick"), "plan_runs")
+    inputs = {"params:model": parameters["model"], "params:warmup": parameters["warmup"],
+              "params:rodpo": parameters["rodpo"]}
+    outputs = plan_node.run({**inputs, "params:experiments_quick": parameters["experiments_quick"]})
+    assert outputs["experiments_quick.runs.rodpo_k10_s2021.overrides"]["rodpo.dpo.k"] == 10
+    assert outputs["experiments_quick.experiment_plan"]["seeds"] == [2020, 2021]
+    changed = {**parameters["experiments_quick"], "seeds": [2020, 2021, 2022]}
+    with pytest.raises(ValueError, match="output keys"):
+        plan_node.run({**inputs, "params:experiments_quick": changed})
+
+
+def test_catalog_places_run_and_study_outputs_by_preset_and_dataset():
+    config = OmegaConfigLoader(str(REPO_ROOT / "conf"), base_env="base", default_run_env="base")
+    catalog = DataCatalog.from_config(config["catalog"])
+    paths = {name: str(catalog.get(name)._filepath) for name in (
+        "experiments.runs.rodpo_k10_s2020.metrics", "experiments.runs.rodpo_k10_s2020.user_ranks",
+        "experiments.studies.negative_sampling.table", "experiments_quick.studies.sensitivity.figure")}
+    assert paths["experiments.runs.rodpo_k10_s2020.metrics"].endswith(
+        "data/07_model_output/demo/experiments/runs/rodpo_k10_s2020/metrics.json")
+    assert paths["experiments.runs.rodpo_k10_s2020.user_ranks"].endswith("rodpo_k10_s2020/user_ranks.parquet")
+    assert paths["experiments.studies.negative_sampling.table"].endswith(
+        "data/08_reporting/demo/experiments/negative_sampling.md")
+    assert paths["experiments_quick.studies.sensitivity.figure"].endswith(
+        "data/08_reporting/demo/experiments_quick/sensitivity.png")
+    assert catalog.get("experiments.studies.components.results")._version is not None  # versioned
