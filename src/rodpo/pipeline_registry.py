@@ -1,7 +1,8 @@
 """Project pipelines.
 
 ``__default__`` is the whole workflow on the chosen dataset, in dependency order:
-download -> processing -> features -> warm-up -> RoDPO -> evaluation.
+download -> processing -> features -> warm-up -> RoDPO -> evaluation -> case study.
+``recommend`` and the ``experiments`` studies run on demand.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ DEFAULT_ORDER = (
     "warmup",
     "rodpo",
     "evaluation",
+    "case_study",
 )
 
 

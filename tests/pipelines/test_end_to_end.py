@@ -1,8 +1,8 @@
 """The default pipeline on the demo dataset, end to end through KedroSession.
 
-One run (tiny epoch counts) is shared by the module's tests: it must produce every catalog
-output, both trained models must beat an untrained one, and a rerun must reuse the finished
-warm-up from its checkpoint instead of training again.
+One run (a small demo, tiny epoch counts: the session-scoped `demo_results` fixture) is shared by
+the suite: it must produce every catalog output, both trained models must beat an untrained one,
+and a rerun must reuse the finished warm-up from its checkpoint instead of training again.
 """
 
 from __future__ import annotations
@@ -23,24 +23,20 @@ from rodpo.training.batching import build_sequence_data
 
 pytestmark = pytest.mark.slow
 
-# Nested dicts: only the CLI splits dotted keys ("warmup.epochs=4") into nested parameters.
-QUICK = {
-    "warmup": {"epochs": 4, "progress_bar": False},
-    "rodpo": {"epochs": 2, "progress_bar": False},
-}
-
-
-def _run(project: Path, pipeline: str = "__default__", params: dict | None = None) -> None:
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project, runtime_params={**QUICK, **(params or {})}) as session:
-        session.run(pipeline_names=[pipeline])
-
 
 @pytest.fixture(scope="module")
-def demo_project(tmp_path_factory, project_copy_factory) -> Path:
-    project = project_copy_factory(tmp_path_factory.mktemp("e2e"))
-    _run(project)
-    return project
+def demo_project(demo_results) -> Path:
+    """The project copy in which `__default__` (and `case_study`) already ran on a small demo."""
+    return demo_results.project
+
+
+def _run(project: Path, pipeline: str, runtime_params: dict) -> None:
+    # Parameters hold project-relative paths (checkpoints, caches): run inside the project.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        bootstrap_project(project)
+        with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:
+            session.run(pipeline_names=[pipeline])
 
 
 def _latest(path: Path) -> Path:
@@ -113,12 +109,12 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_rerun_reuses_the_finished_warmup(demo_project):
+def test_rerun_reuses_the_finished_warmup(demo_project, demo_results):
     # A handler on the trainer's own logger: Kedro's logging setup replaces the root handlers.
     records, trainer_logger = _Records(), logging.getLogger("rodpo.training")
     trainer_logger.addHandler(records)
     try:
-        _run(demo_project, "warmup")
+        _run(demo_project, "warmup", demo_results.params)
     finally:
         trainer_logger.removeHandler(records)
     text = "\n".join(records.messages)
