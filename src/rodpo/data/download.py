@@ -65,7 +65,7 @@ def download_file(
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    source = _local_source(url)
+    source = local_source(url)
     if source is not None:
         _copy_local(source, url, dest, part)
     else:
@@ -187,7 +187,7 @@ def _has_scheme(url: str) -> bool:
     return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url))
 
 
-def _local_source(url: str) -> Path | None:
+def local_source(url: str) -> Path | None:
     """The local file behind a ``file://`` URL or plain path; None for network URLs."""
     if not _has_scheme(url):
         return Path(url).expanduser()

@@ -37,12 +37,3 @@ def join_url(base: str, name: str) -> str:
     if urlparse(str(base)).scheme in ("http", "https", "file"):
         return str(base).rstrip("/") + "/" + name
     return str(Path(base) / name)
-
-
-def is_local(url: str) -> bool:
-    return urlparse(url).scheme in ("", "file")
-
-
-def local_path(url: str) -> Path:
-    parsed = urlparse(url)
-    return Path(parsed.path) if parsed.scheme == "file" else Path(url)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rodpo.data.demo import generate_demo_dataset
-from rodpo.data.download import download_file
-from rodpo.data.sources import dataset_file_urls, is_local, local_path
+from rodpo.data.download import download_file, local_source
+from rodpo.data.sources import dataset_file_urls
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ def download_raw_data(
     optional = set(sources[spec["source"]].get("optional", []))
     files: dict[str, str | None] = {}
     for role, url in dataset_file_urls(spec, sources).items():
-        if role in optional and is_local(url) and not local_path(url).exists():
+        local = local_source(url)
+        if role in optional and local is not None and not local.exists():
             logger.info("%s: optional %s file %s not found, continuing without it", dataset, role, url)
             files[role] = None
             continue

@@ -11,17 +11,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from rodpo.data import preprocess
-from rodpo.data.parsers import parse_interactions, parse_items
-
-
-RAW_ITEMS_SCHEMA = {
-    "item_id": pl.Utf8,
-    "title": pl.Utf8,
-    "description": pl.Utf8,
-    "brand": pl.Utf8,
-    "categories": pl.Utf8,
-    "image_url": pl.Utf8,
-}
+from rodpo.data.parsers import ITEM_SCHEMA, parse_interactions, parse_items
 
 
 @dataclass
@@ -44,7 +34,7 @@ def parse_raw_items(raw_files: dict, data_processing: ProcessingParams) -> pl.Da
     """Metadata file -> one row per item with text fields and an image URL (empty if no file)."""
     meta_path = raw_files["files"].get("meta")
     if meta_path is None:
-        return pl.DataFrame(schema=RAW_ITEMS_SCHEMA)
+        return pl.DataFrame(schema=ITEM_SCHEMA)
     return parse_items(
         meta_path,
         raw_files["source"],
