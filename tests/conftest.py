@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,6 +35,56 @@ def make_project_copy(parent: Path) -> Path:
         if layer.is_dir():
             (project / "data" / layer.name).mkdir(parents=True)
     return project
+
+
+def run_in_project(project: Path, pipelines: list[str], runtime_params: dict) -> None:
+    """Run `pipelines` through KedroSession inside `project`.
+
+    Parameters hold project-relative paths (checkpoints, caches) and the experiments pipeline finds
+    its conf from the working directory, so the run happens with `project` as the cwd.
+    Runtime parameters are nested dicts: KedroSession, unlike `kedro run --params`, does not split
+    dotted keys.
+    """
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        bootstrap_project(project)
+        with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:
+            session.run(pipeline_names=pipelines)
+
+
+@contextmanager
+def capture_trainer_log() -> Iterator[list[str]]:
+    """Messages of the trainer's logger while the block runs.
+
+    The handler sits on `rodpo.training` itself: Kedro's logging setup replaces the root handlers.
+    """
+
+    class _Records(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    messages: list[str] = []
+    handler, trainer_logger = _Records(logging.INFO), logging.getLogger("rodpo.training")
+    trainer_logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        trainer_logger.removeHandler(handler)
+
+
+@pytest.fixture(scope="session")
+def kedro_runner():
+    """`run_in_project` for tests (conftest is not importable as a module)."""
+    return run_in_project
+
+
+@pytest.fixture(scope="session")
+def trainer_log():
+    """`capture_trainer_log` for tests."""
+    return capture_trainer_log
 
 
 @pytest.fixture
@@ -76,16 +129,10 @@ def demo_results(tmp_path_factory):
     """
     from types import SimpleNamespace
 
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
     parent = tmp_path_factory.mktemp("demo_results")
     project = make_project_copy(parent)
     tracking_uri = f"sqlite:///{(parent / 'mlflow.db').as_posix()}"
     with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(project)
         patch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
-        bootstrap_project(project)
-        with KedroSession.create(project_path=project, runtime_params=DEMO_RESULTS_PARAMS) as session:
-            session.run(pipeline_names=["__default__", "case_study"])
+        run_in_project(project, ["__default__", "case_study"], DEMO_RESULTS_PARAMS)
     return SimpleNamespace(project=project, tracking_uri=tracking_uri, params=DEMO_RESULTS_PARAMS)

@@ -8,14 +8,11 @@ and a rerun must reuse the finished warm-up from its checkpoint instead of train
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 
 from rodpo.evaluation.evaluate import evaluate_model
 from rodpo.training.assembly import build_model
@@ -28,15 +25,6 @@ pytestmark = pytest.mark.slow
 def demo_project(demo_results) -> Path:
     """The project copy in which `__default__` (and `case_study`) already ran on a small demo."""
     return demo_results.project
-
-
-def _run(project: Path, pipeline: str, runtime_params: dict) -> None:
-    # Parameters hold project-relative paths (checkpoints, caches): run inside the project.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(project)
-        bootstrap_project(project)
-        with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:
-            session.run(pipeline_names=[pipeline])
 
 
 def _latest(path: Path) -> Path:
@@ -100,23 +88,9 @@ def test_trained_models_beat_an_untrained_one(demo_project):
         assert metrics["protocol"]["mask_history"] is False
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def test_rerun_reuses_the_finished_warmup(demo_project, demo_results):
-    # A handler on the trainer's own logger: Kedro's logging setup replaces the root handlers.
-    records, trainer_logger = _Records(), logging.getLogger("rodpo.training")
-    trainer_logger.addHandler(records)
-    try:
-        _run(demo_project, "warmup", demo_results.params)
-    finally:
-        trainer_logger.removeHandler(records)
-    text = "\n".join(records.messages)
+def test_rerun_reuses_the_finished_warmup(demo_project, demo_results, kedro_runner, trainer_log):
+    with trainer_log() as messages:
+        kedro_runner(demo_project, ["warmup"], demo_results.params)
+    text = "\n".join(messages)
     assert "finished run found" in text
     assert "warmup epoch 1:" not in text

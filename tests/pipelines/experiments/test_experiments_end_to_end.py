@@ -9,14 +9,10 @@ and paired tests; runs shared between studies are trained once.
 from __future__ import annotations
 
 import json
-import logging
-import os
 from pathlib import Path
 
 import pytest
 import yaml
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 
 pytestmark = pytest.mark.slow
 
@@ -31,39 +27,17 @@ QUICK_OVERRIDES = {"warmup.epochs": 1, "rodpo.epochs": 1, "warmup.batch_size": 5
 STUDIES = ("negative_sampling", "components", "sensitivity")
 
 
-def _run(project: Path, pipelines: list[str], params: dict) -> None:
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project, runtime_params=params) as session:
-        session.run(pipeline_names=pipelines)
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 @pytest.fixture(scope="module")
-def quick_study(tmp_path_factory, project_copy_factory):
+def quick_study(tmp_path_factory, project_copy_factory, kedro_runner, trainer_log):
     """The project after the data pipelines and one ``experiments_quick`` run, and the trainer's log."""
     project = project_copy_factory(tmp_path_factory.mktemp("experiments"))
     # The study design is read when the pipeline is built, so run-wide overrides go in conf/local.
     local = {"experiments_quick": {"overrides": QUICK_OVERRIDES, "significance": {"n_resamples": 200}}}
     (project / "conf/local/parameters_experiments.yml").write_text(yaml.safe_dump(local))
-    cwd = Path.cwd()
-    os.chdir(project)  # the pipeline finds its project (and conf) from the working directory
-    records, trainer_logger = _Records(), logging.getLogger("rodpo.training")
-    try:
-        _run(project, ["data_download", "data_processing", "feature_extraction"], SMALL_DEMO)
-        trainer_logger.addHandler(records)
-        _run(project, ["experiments_quick"], {**SMALL_DEMO, **TINY_MODEL})
-    finally:
-        trainer_logger.removeHandler(records)
-        os.chdir(cwd)
-    return project, records.messages
+    kedro_runner(project, ["data_download", "data_processing", "feature_extraction"], SMALL_DEMO)
+    with trainer_log() as messages:
+        kedro_runner(project, ["experiments_quick"], {**SMALL_DEMO, **TINY_MODEL})
+    return project, messages
 
 
 def _latest(path: Path) -> Path:
