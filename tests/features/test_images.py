@@ -100,3 +100,14 @@ def test_fetch_masks_failures_caches_and_does_not_refetch(server, tmp_path, capl
     assert requests["/good.png"] == 1  # cached: no new request
     assert paths_again == paths and report_again["items_cached"] == 2
     assert report_again["failures"] == report["failures"]  # failures are retried, and fail again
+
+
+def test_unsupported_schemes_are_masked_not_fatal(tmp_path):
+    local_png = tmp_path / "local.png"
+    local_png.write_bytes(GOOD)
+    urls = ["ftp://example.com/a.png", "s3://bucket/b.jpg", str(local_png)]
+    items = pl.DataFrame({"item_id": pl.Series([1, 2, 3], dtype=pl.Int32), "image_url": urls})
+    paths, report = fetch_item_images(items, tmp_path / "cache", timeout_s=TIMEOUT_S, max_retries=0,
+                                      max_bytes=MAX_BYTES, retry_backoff_s=0.0)
+    assert paths[1] is None and paths[2] is None and paths[3] == local_png
+    assert report["failures"] == {"unsupported_scheme": 2}

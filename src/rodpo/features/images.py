@@ -18,10 +18,10 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from PIL import Image
 
+from rodpo.data.download import DownloadError, local_source
 from rodpo.features.common import check_item_ids, item_column
 
 logger = logging.getLogger(__name__)
@@ -67,13 +67,11 @@ def verify_image_bytes(data: bytes) -> str:
 
 
 def _local_path(url: str) -> Path | None:
-    """Path for file:// URLs and plain paths; None for network URLs."""
-    parsed = urlparse(url)
-    if parsed.scheme == "file":
-        return Path(urllib.request.url2pathname(parsed.path))
-    if parsed.scheme == "" or len(parsed.scheme) == 1:  # "img/1.jpg" or a Windows drive letter
-        return Path(url)
-    return None
+    """Path for file:// URLs and plain paths, None for http(s) (the data downloader's rule)."""
+    try:
+        return local_source(url)
+    except DownloadError as error:
+        raise ImageFetchError("unsupported_scheme", url) from error
 
 
 def _check_local(path: Path, max_bytes: int) -> Path:
@@ -134,8 +132,6 @@ def _fetch_one(url: str, cached: Path | None, cache_dir: Path, timeout_s: float,
     local = _local_path(url)
     if local is not None:
         return _check_local(local, max_bytes), "local"
-    if urlparse(url).scheme not in ("http", "https"):
-        raise ImageFetchError("unsupported_scheme", url)
     if cached is not None:
         return cached, "cached"
     for attempt in range(max_retries + 1):
