@@ -84,3 +84,25 @@ def test_shared_runs_are_trained_once(quick_study):
     # random, argmax, MLP, K=10, beta=0.5) x 2 seeds
     assert len(warmups) == 4
     assert len(dpo_runs) == 12
+
+
+def test_the_study_run_is_tracked_with_curves_final_metrics_and_reports(quick_study):
+    import os
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])  # the tests' temporary store (conftest)
+    experiment = client.get_experiment_by_name("rodpo")
+    runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'experiments_quick'")
+    assert runs, "no MLflow run for the experiments_quick session"
+    run = runs[0]
+    run_id = run.info.run_id
+
+    warmup_curve = client.get_metric_history(run_id, "experiments_quick.runs.warmup_s2020.epoch.ce_loss")
+    assert [m.step for m in warmup_curve] == [1]
+    dpo_curve = client.get_metric_history(run_id, "experiments_quick.runs.rodpo_k10_s2021.epoch.valid_ndcg_at_10")
+    assert [m.step for m in dpo_curve] == [0, 1]  # epoch 0 = its warm-up
+    assert "experiments_quick.runs.rodpo_s2021.test.ndcg_at_5" in run.data.metrics
+
+    reports = {Path(a.path).name for a in client.list_artifacts(run_id, "reports/experiments_quick")}
+    assert {f"{study}{suffix}" for study in STUDIES for suffix in (".md", ".png", "_logits.png")} <= reports

@@ -28,6 +28,7 @@ from rodpo.experiments.plan import SECTIONS, ExperimentPlan, Study, plan_experim
 from rodpo.pipelines.evaluation.pipeline import SHARED_INPUTS, evaluate_model_pipeline
 from rodpo.pipelines.rodpo.nodes import train_rodpo_model
 from rodpo.pipelines.warmup.nodes import train_warmup_model
+from rodpo.tracking import history_metrics
 
 from . import nodes
 
@@ -79,6 +80,11 @@ def plan_pipeline(plan: ExperimentPlan, preset: str) -> Pipeline:
                                 **_same("params:model", "params:warmup", "params:rodpo")})
 
 
+def _track_history_node():
+    """Per-epoch curves of a run to MLflow, as ``<preset>.runs.<run>.epoch.<field>`` (catalog_experiments.yml)."""
+    return node(history_metrics, "history", "history_metrics", name="track_history")
+
+
 def warmup_run_pipeline(preset: str, run: str) -> Pipeline:
     """Stage 1 for one (model / warm-up setting, seed), then its evaluation ("w/o DPO")."""
     namespace = _run_outputs(preset, run)
@@ -87,6 +93,7 @@ def warmup_run_pipeline(preset: str, run: str) -> Pipeline:
              ["model_params", "warmup_config"], name="warmup_run_parameters"),
         node(train_warmup_model, [*SHARED_INPUTS, "model_params", "warmup_config"], ["model", "history"],
              name="train_warmup_model"),
+        _track_history_node(),
     ])
     training = pipeline(template, namespace=namespace, inputs=_same(*SHARED_INPUTS),
                         parameters=_same("params:model", "params:warmup"))
@@ -100,6 +107,7 @@ def dpo_run_pipeline(preset: str, run: str, warmup_run: str) -> Pipeline:
         node(nodes.dpo_run_parameters, ["params:rodpo", "overrides"], "rodpo_config", name="dpo_run_parameters"),
         node(train_rodpo_model, ["warmup_model", *SHARED_INPUTS, "rodpo_config"], ["model", "history"],
              name="train_rodpo_model"),
+        _track_history_node(),
     ])
     training = pipeline(template, namespace=namespace,
                         inputs={"warmup_model": f"{_run_outputs(preset, warmup_run)}.model",
