@@ -1,6 +1,6 @@
 """``experiments_quick`` end to end on a small demo dataset through KedroSession.
 
-The real quick preset (its three studies, 2 seeds: 4 warm-ups and 12 DPO runs) with a tiny model,
+The real quick preset (its three studies, 2 seeds: 4 warm-ups and 14 DPO runs) with a tiny model,
 300 demo users and one epoch per stage; one run is shared by the module's tests. Every study writes
 its versioned results json, markdown table and figures; the json holds per-seed metrics, mean / std
 and paired tests; runs shared between studies are trained once.
@@ -80,10 +80,10 @@ def test_shared_runs_are_trained_once(quick_study):
     _, log = quick_study
     warmups = [m for m in log if m.startswith("warmup epoch 1:")]
     dpo_runs = [m for m in log if m.startswith("dpo epoch 1:")]
-    # 2 architectures (sparse MoE, MLP) x 2 seeds; 6 DPO settings (rodpo = Top-K = K=50 = beta=1.0,
-    # random, argmax, MLP, K=10, beta=0.5) x 2 seeds
+    # 2 architectures (sparse MoE, MLP) x 2 seeds; 7 DPO settings (rodpo = Top-K = K=50 = beta=1.0,
+    # random, argmax, MLP, lambda=0, K=10, beta=0.5) x 2 seeds
     assert len(warmups) == 4
-    assert len(dpo_runs) == 12
+    assert len(dpo_runs) == 14
 
 
 def test_the_study_run_is_tracked_with_curves_final_metrics_and_reports(quick_study):

@@ -34,11 +34,11 @@ def test_full_preset_trains_one_warmup_per_architecture_and_seed(parameters):
     dpo = _by_suffix(pipe, "train_rodpo_model")
     # 2 architectures (sparse MoE, MLP) x 3 seeds
     assert len(warmups) == 2 * 3
-    # 10 distinct DPO settings x 3 seeds: RoDPO (= Top-K = K=50 = beta=1.0), random, argmax,
-    # w/o Sparse MoE, K in {10, 20, 100}, beta in {0.1, 0.5, 2.0}
-    assert len(dpo) == 10 * 3
+    # 11 distinct DPO settings x 3 seeds: RoDPO (= Top-K = K=50 = beta=1.0), random, argmax,
+    # w/o Sparse MoE, lambda = 0, K in {10, 20, 100}, beta in {0.1, 0.5, 2.0}
+    assert len(dpo) == 11 * 3
     # every run is evaluated once; two nodes per study (results, then reports)
-    assert len(_by_suffix(pipe, "evaluate_recommender")) == 36
+    assert len(_by_suffix(pipe, "evaluate_recommender")) == 39
     assert len(_by_suffix(pipe, "summarise_study")) == len(_by_suffix(pipe, "report_study")) == 3
     assert {n.func for n in warmups} == {train_warmup_model}
     assert {n.func for n in dpo} == {train_rodpo_model}
@@ -49,10 +49,11 @@ def test_dpo_runs_start_from_the_warmup_of_their_architecture_and_seed(parameter
     pipe = experiments_pipeline(plan_from_parameters(parameters, "experiments"), "experiments")
     dpo = {n.namespace: n for n in _by_suffix(pipe, "train_rodpo_model")}
     assert dpo["experiments.runs.rodpo_k10_s2021"].inputs[0] == "experiments.runs.warmup_s2021.model"
+    assert dpo["experiments.runs.rodpo_lambda_dpo0p0_s2020"].inputs[0] == "experiments.runs.warmup_s2020.model"
     assert (dpo["experiments.runs.rodpo_moe_mode_mlp_s2022"].inputs[0]
             == "experiments.runs.warmup_moe_mode_mlp_s2022.model")
     warmup_inputs = {n.inputs[0] for n in dpo.values()}
-    assert len(warmup_inputs) == 2 * 3  # 30 DPO runs read 6 warm-up models
+    assert len(warmup_inputs) == 2 * 3  # 33 DPO runs read 6 warm-up models
     # the only free inputs are the shared data and parameters: nothing is trained twice
     assert {name for name in pipe.inputs() if not name.startswith("params:")} == {
         "sequence_splits", "item_text_features", "item_image_features", "item_image_mask"}
@@ -61,7 +62,7 @@ def test_dpo_runs_start_from_the_warmup_of_their_architecture_and_seed(parameter
 def test_quick_preset_is_smaller_and_registered_outside_the_default(parameters):
     quick = experiments_pipeline(plan_from_parameters(parameters, "experiments_quick"), "experiments_quick")
     assert len(_by_suffix(quick, "train_warmup_model")) == 2 * 2
-    assert len(_by_suffix(quick, "train_rodpo_model")) == 6 * 2
+    assert len(_by_suffix(quick, "train_rodpo_model")) == 7 * 2
     assert all(n.name.startswith("experiments_quick.") for n in quick.nodes)
     bootstrap_project(REPO_ROOT)
     assert {"experiments", "experiments_quick"} <= set(pipelines)
