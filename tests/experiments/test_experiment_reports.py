@@ -79,3 +79,14 @@ def test_logit_figure_has_the_warmup_and_each_setting_once():
     figure = study_logit_figure(SWEEP, samples)
     titles = [a.get_title() for a in figure.axes]
     assert titles == ["(a) Warm-up (SFT)", "(b) K=10", "(c) K=50 / beta=1.0"]
+
+
+def test_a_pair_tested_twice_is_listed_once_with_both_markers():
+    # Table 3: RoDPO vs its warm-up is the † test of RoDPO and the ‡ test of the "w/o DPO" row
+    both = results("rows", [row("Full Model (RoDPO)", "rodpo", 0.05, 0.001, "†"),
+                            row("w/o DPO (Baseline)", "warmup", 0.03, 0.0005, "‡", warmup_only=True)])
+    twice = {"a": "warmup", "b": "rodpo", "metric": "ndcg@5", "mean_diff": 0.02, "ci_low": 0.01, "ci_high": 0.03,
+             "p_value": 0.0001, "significant": True}
+    both["tests"] = [{"kind": "vs_warmup", **twice}, {"kind": "vs_reference", **twice}]
+    lines = [line for line in study_table_markdown(both).splitlines() if " vs w/o DPO (Baseline) |" in line]
+    assert lines == ["| Full Model (RoDPO) vs w/o DPO (Baseline) | NDCG@5 | +0.0200 | [+0.0100, +0.0300] | 0.0001 | †‡ |"]

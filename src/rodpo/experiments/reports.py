@@ -95,9 +95,14 @@ def study_table_markdown(results: Mapping[str, Any], *, decimals: int = 4, p_dec
         lines += _table(["Variant", *header_metrics], body + ([warmup] if warmup else [])) + [""]
     lines += [_legend(results, names), "", "### Paired tests", "",
               "Δ = mean over users of (b − a): positive favours the DPO model (†) or RoDPO (‡).", ""]
-    body = []
+    body, line_of = [], {}
     for test in results["tests"]:
         marker = MARKERS[test["kind"]] if test["significant"] else ""
+        pair = (test["a"], test["b"], test["metric"])
+        if pair in line_of:  # e.g. RoDPO vs its warm-up is both † and ‡ in Table 3: one line, both markers
+            body[line_of[pair]][-1] += marker
+            continue
+        line_of[pair] = len(body)
         body.append([f"{names[test['b']]} vs {names[test['a']]}", metric_label(test["metric"]),
                      f"{test['mean_diff']:+.{decimals}f}",
                      f"[{test['ci_low']:+.{decimals}f}, {test['ci_high']:+.{decimals}f}]",
