@@ -86,12 +86,10 @@ def test_shared_runs_are_trained_once(quick_study):
     assert len(dpo_runs) == 14
 
 
-def test_the_study_run_is_tracked_with_curves_final_metrics_and_reports(quick_study):
-    import os
-
+def test_the_study_run_is_tracked_with_curves_final_metrics_and_reports(quick_study, mlflow_tracking_store):
     from mlflow import MlflowClient
 
-    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])  # the tests' temporary store (conftest)
+    client = MlflowClient(f"sqlite:///{mlflow_tracking_store.as_posix()}")  # the tests' temporary store
     experiment = client.get_experiment_by_name("rodpo")
     runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'experiments_quick'")
     assert runs, "no MLflow run for the experiments_quick session"
