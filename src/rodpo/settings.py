@@ -1,23 +1,32 @@
 """Kedro project settings.
 
-Parameters merge softly across environments, so ``conf/local/parameters*.yml`` can add a dataset
-preset or change one field without copying the whole file.
+Parameters merge softly across environments and are resolved after the merge
+(``rodpo.config.MergedParametersConfigLoader``), so ``conf/local/parameters*.yml`` (or ``--env``)
+can add a dataset preset or change one field of a base preset without copying the whole file.
 
 Experiment tracking: kedro-mlflow's hook, as ``rodpo.hooks.TrackingHook`` (the project's store
 location, dataclass parameters logged field by field), replaces the instance the plugin registers
-by itself.
+by itself. ``TransactionalRunHook`` removes the dataset versions of a failed or killed run.
 """
 
-from kedro.config import OmegaConfigLoader
+import warnings
 
+from rodpo.config import MergedParametersConfigLoader
 from rodpo.hooks import TrackingHook
+from rodpo.transactions import TransactionalRunHook
 
-CONFIG_LOADER_CLASS = OmegaConfigLoader
+# Two warnings of Kedro 1.7 itself, not of this project: its OmegaConfigLoader registers resolvers with
+# OmegaConf 2.4's deprecated register_new_resolver, and it flags node inputs such as `warmup.metrics`
+# (outputs of another namespace, read by the evaluation report) although that is how namespaces join.
+warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", module=r"kedro\.config")
+warnings.filterwarnings("ignore", message=r"One or more dataset names contain '\.' characters")
+
+CONFIG_LOADER_CLASS = MergedParametersConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     "merge_strategy": {"parameters": "soft"},
 }
 
-HOOKS = (TrackingHook(),)
+HOOKS = (TransactionalRunHook(), TrackingHook())
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)
