@@ -79,13 +79,34 @@ def test_changed_config_starts_a_fresh_run(planted_data, make_model, tmp_path):
     assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
 
 
+def test_changed_item_features_start_a_fresh_run(planted_data, make_model, tmp_path, caplog):
+    """Features are non-persistent buffers, outside the weights fingerprint: they key the run on their own."""
+    caplog.set_level(logging.INFO, logger="rodpo.training")
+    text = torch.randn(planted_data.n_items + 1, 4)
+    model = make_model(modalities=("id", "text"), text_dim=4)
+    model.set_item_features(text=text)
+    config = TrainConfig(epochs=1, checkpoint_dir=str(tmp_path), **FAST)
+    train(model, planted_data, config)
+    caplog.clear()
+    train(model, planted_data, config)  # same features: the finished run is reused
+    assert "not training again" in caplog.text
+    re_extracted = text.clone()
+    re_extracted[3] += 1e-3
+    model.set_item_features(text=re_extracted)
+    caplog.clear()
+    train(model, planted_data, config)
+    assert "not training again" not in caplog.text
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
+
+
 def test_nan_loss_raises_a_clear_error(planted_data, make_model, tmp_path):
     model = make_model()
     with torch.no_grad():
         model.item_embedding.weight[1:] = float("nan")
-    with pytest.raises(FloatingPointError, match=r"warmup stage, epoch 1, step 1: loss is nan.*lr="):
+    with pytest.raises(FloatingPointError, match=r"warmup stage, epoch 1, step 1: loss is nan.*lr=") as error:
         train(model, planted_data, TrainConfig(epochs=2, checkpoint_dir=str(tmp_path), **FAST))
     assert not list(tmp_path.rglob("best.safetensors"))
+    assert "nothing was saved" in str(error.value) and str(tmp_path) not in str(error.value)
 
 
 def test_length_sorted_encoder_chunks_give_the_same_losses(planted_data, make_model):

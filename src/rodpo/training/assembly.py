@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rodpo.lineage import FEATURES, features_fingerprint, model_lineage, require_same
 from rodpo.model.config import ModelConfig
 from rodpo.model.encoder import RoDPOModel
 from rodpo.training.batching import SequenceData
@@ -83,7 +84,13 @@ def attach_item_features(
     image: np.ndarray | None,
     image_mask: np.ndarray | None,
 ) -> RoDPOModel:
-    """Give a (loaded) model its frozen feature buffers; checks they match the model's config."""
+    """Give a (loaded) model its frozen feature buffers; checks they match the model's config and,
+    for a model that recorded its lineage, that they are the very arrays it was trained on."""
+    require_same("set of item features", model_lineage(model).get(FEATURES),
+                 features_fingerprint(text, image, image_mask),
+                 expected_from="the model", found_from="the item feature arrays in the catalog",
+                 redo="Retrain on the current features (kedro run --pipelines=rodpo), or rerun "
+                      "data_processing and feature_extraction if the features are the stale part.")
     expected_rows = model.config.n_items + 1
     for name, values in (("text", text), ("image", image)):
         if name in model.config.modalities and (values is None or values.shape[0] != expected_rows):

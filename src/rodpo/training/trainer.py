@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 from rodpo.devices import resolve_device
 from rodpo.evaluation.evaluate import DEFAULT_EVAL_BATCH_SIZE, evaluate_model
 from rodpo.evaluation.metrics import history_exclusion_mask
+from rodpo.lineage import features_fingerprint
 from rodpo.model.moe import SparseNoisyMoE
 from rodpo.training.batching import SequenceData, trim_to_longest
-from rodpo.training.checkpoints import RunCheckpoint, run_key, state_fingerprint, weights_copy
+from rodpo.training.checkpoints import BEST_WEIGHTS, RunCheckpoint, run_key, state_fingerprint, weights_copy
 from rodpo.training.dpo import NEGATIVE_STRATEGIES, dpo_loss, frozen_reference, implicit_reward_stats, sample_negatives
 
 logger = logging.getLogger("rodpo.training")
@@ -243,7 +244,8 @@ class _Stage:
             return
         parts = ", ".join(f"{name}={float(losses[name].detach()):.4g}"
                           for name in ("ce_loss", "dpo_loss", "aux_loss") if name in losses)
-        kept = f"; the best checkpoint in {run_dir} was not overwritten" if run_dir else ""
+        has_best = run_dir is not None and (run_dir / BEST_WEIGHTS).exists()
+        kept = f"; the best checkpoint in {run_dir} was not overwritten" if has_best else "; nothing was saved"
         raise FloatingPointError(
             f"{self.config.stage} stage, epoch {epoch}, step {step}: loss is {value} ({parts}). Likely causes: "
             f"learning rate too high (lr={self.config.lr}; try 10x lower), half-precision overflow "
@@ -283,6 +285,13 @@ class _Stage:
         return result["metrics"]
 
 
+def item_features_fingerprint(model: nn.Module) -> str:
+    """The frozen feature buffers' fingerprint: non-persistent, so `state_fingerprint` misses them,
+    yet a run on re-extracted features is another run."""
+    return features_fingerprint(*(getattr(model, name, None)
+                                  for name in ("text_features", "image_features", "image_mask")))
+
+
 def _log_epoch(entry: dict[str, Any]) -> None:
     shown = {k: v for k, v in entry.items() if k not in ("stage", "epoch")}
     text = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
@@ -303,7 +312,8 @@ def train(model: nn.Module, data: SequenceData, config: TrainConfig,
     run_dir = checkpoint = None
     if config.checkpoint_dir:
         model_config = model.config.to_dict() if hasattr(model, "config") else None
-        key = run_key(model_config, config.run_key_fields(), data.fingerprint(), state_fingerprint(model))
+        key = run_key(model_config, config.run_key_fields(), data.fingerprint(), state_fingerprint(model),
+                      item_features_fingerprint(model))
         run_dir = Path(config.checkpoint_dir) / f"{config.stage}-{key}"
         checkpoint = RunCheckpoint(run_dir)
 

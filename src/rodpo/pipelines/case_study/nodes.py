@@ -9,6 +9,7 @@ import polars as pl
 
 from rodpo.evaluation.case_study import build_case_study, case_study_markdown
 from rodpo.evaluation.recommend import DEFAULT_BATCH_SIZE, top_n_items
+from rodpo.lineage import check_catalog
 from rodpo.model.encoder import RoDPOModel
 from rodpo.training.assembly import attach_item_features
 from rodpo.training.batching import build_sequence_data
@@ -43,6 +44,7 @@ def report_case_study(
                if case_study.mask_history else None)  # the test input history
     top_lists = {}
     for name, model in (("warmup", warmup_model), ("rodpo", rodpo_model)):
+        check_catalog(items, model=model, model_name=f"the {name} model")
         model = attach_item_features(model, item_text_features, item_image_features, item_image_mask)
         test = build_sequence_data(sequence_splits, model.config.max_seq_len).test
         top_lists[name], _ = top_n_items(model, test.items, test.timestamps, top_n=case_study.top_k,

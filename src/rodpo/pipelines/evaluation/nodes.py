@@ -10,6 +10,7 @@ import polars as pl
 
 from rodpo.evaluation.evaluate import collect_logit_samples, evaluate_model
 from rodpo.evaluation.reports import comparison_table_markdown, logit_distribution_figure, metrics_markdown
+from rodpo.lineage import check_catalog
 from rodpo.model.encoder import RoDPOModel
 from rodpo.training.assembly import attach_item_features
 from rodpo.training.batching import build_sequence_data
@@ -28,14 +29,17 @@ class EvaluationParams:
 def evaluate_recommender(
     model: RoDPOModel,
     sequence_splits: pl.DataFrame,
+    item_id_map: pl.DataFrame,
     item_text_features: np.ndarray,
     item_image_features: np.ndarray,
     item_image_mask: np.ndarray,
+    feature_manifest: dict,
     evaluation: EvaluationParams,
 ) -> tuple[dict, pl.DataFrame, pl.DataFrame]:
     """Validation and test metrics, per-user ranks (for CIs and paired tests) and Figure 4 samples."""
+    check_catalog(item_id_map, feature_manifest, model)
     model = attach_item_features(model, item_text_features, item_image_features, item_image_mask)
-    data = build_sequence_data(sequence_splits, model.config.max_seq_len)
+    data = build_sequence_data(sequence_splits, model.config.max_seq_len, n_items=model.config.n_items)
     options = dict(ks=evaluation.ks, batch_size=evaluation.batch_size, device=evaluation.device,
                    mask_history=evaluation.mask_history)
     valid = evaluate_model(model, data.valid, **options)

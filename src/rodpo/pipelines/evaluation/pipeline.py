@@ -4,7 +4,9 @@ from rodpo.tracking import final_metrics
 
 from . import nodes
 
-SHARED_INPUTS = ["sequence_splits", "item_text_features", "item_image_features", "item_image_mask"]
+# What every training and evaluation node reads, in this order (after the model, where there is one).
+SHARED_INPUTS = ["sequence_splits", "item_id_map", "item_text_features", "item_image_features", "item_image_mask",
+                 "feature_manifest"]
 
 
 def evaluate_model_pipeline(model: str, namespace: str) -> Pipeline:

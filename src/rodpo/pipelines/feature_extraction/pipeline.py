@@ -20,7 +20,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 nodes.merge_feature_manifests,
-                inputs=["text_feature_manifest", "image_feature_manifest", "params:dataset"],
+                inputs=["text_feature_manifest", "image_feature_manifest", "items", "params:dataset"],
                 outputs="feature_manifest",
                 name="merge_feature_manifests",
             ),

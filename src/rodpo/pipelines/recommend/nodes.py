@@ -8,10 +8,12 @@ import numpy as np
 import polars as pl
 
 from rodpo.evaluation.recommend import DEFAULT_BATCH_SIZE, DEFAULT_TOP_N, recommend_top_n
+from rodpo.lineage import STAGE, check_catalog, model_lineage
 from rodpo.model.encoder import RoDPOModel
 from rodpo.training.assembly import attach_item_features
 
 RECOMMENDABLE_MODELS = ("rodpo", "warmup")
+STAGE_OF_MODEL = {"rodpo": "dpo", "warmup": "warmup"}
 
 
 @dataclass
@@ -39,7 +41,22 @@ def recommend_for_all_users(
     recommend: RecommendParams,
 ) -> pl.DataFrame:
     """(user_id, rank, item_id, score) for every user, scored on the full history, original ids."""
+    check_catalog(item_id_map, model=recommendation_model, model_name="the recommendation model")
+    check_served_model(recommendation_model, recommend.model)
     model = attach_item_features(recommendation_model, item_text_features, item_image_features, item_image_mask)
     return recommend_top_n(model, sequences, user_id_map, item_id_map, top_n=recommend.top_n,
                            exclude_history=recommend.exclude_history, batch_size=recommend.batch_size,
                            device=recommend.device)
+
+
+def check_served_model(model: RoDPOModel, requested: str) -> None:
+    """The catalog picks the file from `recommend_model` (globals) or `--params recommend.model=...`;
+    a `recommend.model` set only in a parameters file would change this node but not the file."""
+    stage = model_lineage(model).get(STAGE)
+    if stage is not None and stage != STAGE_OF_MODEL[requested]:
+        served = next(name for name, value in STAGE_OF_MODEL.items() if value == stage)
+        raise ValueError(
+            f"params:recommend.model={requested!r}, but the catalog loaded the {served} model. The served "
+            f"model is chosen by `recommend_model` in conf/<env>/globals.yml (or per run with "
+            f"--params=recommend.model={requested}); do not set recommend.model in a parameters file."
+        )

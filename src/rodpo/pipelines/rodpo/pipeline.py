@@ -1,6 +1,7 @@
 from kedro.pipeline import Pipeline, node
 
 from rodpo.pipelines import evaluation, warmup
+from rodpo.pipelines.evaluation.pipeline import SHARED_INPUTS
 from rodpo.tracking import history_metrics
 
 from .nodes import train_rodpo_model
@@ -11,14 +12,7 @@ def dpo_stage() -> Pipeline:
         [
             node(
                 train_rodpo_model,
-                inputs=[
-                    "warmup_model",
-                    "sequence_splits",
-                    "item_text_features",
-                    "item_image_features",
-                    "item_image_mask",
-                    "params:rodpo",
-                ],
+                inputs=["warmup_model", *SHARED_INPUTS, "params:rodpo"],
                 outputs=["rodpo_model", "rodpo_history"],
                 name="train_rodpo_model",
             ),

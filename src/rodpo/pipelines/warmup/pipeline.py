@@ -1,5 +1,6 @@
 from kedro.pipeline import Pipeline, node
 
+from rodpo.pipelines.evaluation.pipeline import SHARED_INPUTS
 from rodpo.tracking import history_metrics
 
 from .nodes import train_warmup_model
@@ -10,14 +11,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 train_warmup_model,
-                inputs=[
-                    "sequence_splits",
-                    "item_text_features",
-                    "item_image_features",
-                    "item_image_mask",
-                    "params:model",
-                    "params:warmup",
-                ],
+                inputs=[*SHARED_INPUTS, "params:model", "params:warmup"],
                 outputs=["warmup_model", "warmup_history"],
                 name="train_warmup_model",
             ),
