@@ -30,7 +30,8 @@ class ServerState:
 class _Handler(BaseHTTPRequestHandler):
     """Routes by file name: data.gz (Range-capable), cut.gz (drops the connection once after
     CUT_AFTER bytes), flaky.gz (503 once), missing.gz (404), page.gz (HTML, text/html),
-    sneaky.gz (HTML body under a binary Content-Type), truncated.gz (half a gzip, served whole)."""
+    sneaky.gz (HTML body under a binary Content-Type), truncated.gz (half a gzip, served whole),
+    down.gz (503 always), stalls.gz (CUT_AFTER bytes on the first request, then 503 always)."""
 
     def log_message(self, *args) -> None:  # keep test output clean
         pass
@@ -42,6 +43,9 @@ class _Handler(BaseHTTPRequestHandler):
         state.requests.append((name, range_header))
         if name == "missing.gz":
             self.send_error(404, "Not Found")
+            return
+        if name == "down.gz" or (name == "stalls.gz" and len(state.requests) > 1):
+            self.send_error(503, "Service Unavailable")
             return
         if name == "flaky.gz" and state.failures_left.get(name, 1):
             state.failures_left[name] = 0
@@ -62,7 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
         if match:
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         self.end_headers()
-        if name == "cut.gz" and state.failures_left.get(name, 1):
+        if name == "stalls.gz" or (name == "cut.gz" and state.failures_left.get(name, 1)):
             state.failures_left[name] = 0
             self.wfile.write(body[start : start + CUT_AFTER])
             self.wfile.flush()
@@ -182,3 +186,22 @@ def test_fetch_dataset_files_returns_local_paths(server, tmp_path):
     paths = fetch_dataset_files(urls, tmp_path, **FAST)
     assert paths == {"reviews": str(tmp_path / "data.gz"), "meta": str(tmp_path / "flaky.gz")}
     assert Path(paths["meta"]).read_bytes() == PAYLOAD
+
+
+def test_give_up_without_bytes_does_not_claim_a_part_file(server, tmp_path):
+    url = f"{server.base_url}/down.gz"
+    with pytest.raises(DownloadError, match="gave up after 4 failed attempts") as info:
+        download_file(url, tmp_path / "down.gz", **FAST)
+    message = str(info.value)
+    assert not (tmp_path / "down.gz.part").exists()
+    assert "kept" not in message and "nothing was saved" in message
+    assert "download.max_retries" in message
+
+
+def test_give_up_after_partial_bytes_names_the_part_file_and_its_size(server, tmp_path):
+    url = f"{server.base_url}/stalls.gz"
+    with pytest.raises(DownloadError, match="gave up") as info:
+        download_file(url, tmp_path / "stalls.gz", **FAST)
+    part = tmp_path / "stalls.gz.part"
+    assert part.stat().st_size == CUT_AFTER
+    assert f"kept the partial file {part} ({CUT_AFTER} bytes)" in str(info.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import re
 from pathlib import Path
@@ -275,3 +276,90 @@ def test_clean_text(raw, clean):
 def test_missing_file_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="download"):
         parse_interactions(tmp_path / "Toys_5.json.gz", "amazon2018")
+
+
+# ----------------------------------------------------------------- hostile values
+
+# Times no int64 column can hold, as JSON would carry them (floats, big ints, numeric strings).
+OUT_OF_RANGE_TIMES = ["1e23", "-1e23", "1e300", "-1e300", "100000000000000000000000",
+                      "9223372036854775808", '"1e23"', '"inf"', '"-inf"', '"nan"']
+REVIEW_LINE = {  # one good review line per source, with {t} for the time
+    "amazon2014": '{{"reviewerID": "U{n}", "asin": "B1", "unixReviewTime": {t}}}',
+    "amazon2018": '{{"reviewerID": "U{n}", "asin": "B1", "unixReviewTime": {t}}}',
+    "demo": '{{"reviewerID": "U{n}", "asin": "B1", "unixReviewTime": {t}}}',
+    "amazon2023": '{{"user_id": "U{n}", "parent_asin": "B1", "timestamp": {t}}}',
+}
+
+
+@pytest.mark.parametrize("source", sorted(REVIEW_LINE))
+@pytest.mark.parametrize("raw_time", OUT_OF_RANGE_TIMES)
+def test_timestamp_beyond_int64_is_a_malformed_line(tmp_path, source, raw_time):
+    line = REVIEW_LINE[source]
+    lines = [line.format(n=1, t=1409580800000), line.format(n=2, t=raw_time),
+             line.format(n=3, t=1409580801000)]
+    path = write_gz(tmp_path / "reviews.json.gz", lines)
+    with pytest.raises(MalformedInputError) as info:
+        parse_interactions(path, source)
+    message = str(info.value)
+    assert str(path) in message and "first at line 2" in message and "max_malformed_fraction" in message
+    df = parse_interactions(path, source, max_malformed_fraction=0.5)
+    assert df["user_id"].to_list() == ["U1", "U3"]
+
+
+@pytest.mark.parametrize("raw_time", ["1e23", "-1e23", "1e300", "inf", "-inf", "nan",
+                                      "100000000000000000000000"])
+def test_recbole_timestamp_beyond_int64_is_a_malformed_line(tmp_path, raw_time):
+    path = tmp_path / "toy.inter"
+    path.write_text("user_id:token\titem_id:token\ttimestamp:float\n"
+                    f"u1\ti\t7\nu2\ti\t{raw_time}\nu3\ti\t8\n")
+    with pytest.raises(MalformedInputError, match=re.escape(f"{path}: 1 of 3 lines")) as info:
+        parse_interactions(path, "recbole")
+    assert "first at line 3" in str(info.value)
+    assert rows(parse_interactions(path, "recbole", max_malformed_fraction=0.5)) == [
+        ("u1", "i", 7), ("u3", "i", 8)]
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [("Tom &amp;amp; Jerry", "Tom & Jerry"),
+     ("say &amp;amp;quot;hi&amp;amp;quot;", 'say "hi"'),  # escaped three times
+     ("&amp;lt;b&amp;gt;Bold&amp;lt;/b&amp;gt; tee", "Bold tee"),  # escaped tags are dropped
+     ("1 &amp;lt; 2", "1 < 2"),
+     ("Lip\x00stick\x07 red", "Lipstick red"),  # NUL, BEL dropped
+     ("a\x1b[0mb\x7fc\x85d\x9fe", "a[0mbc de"),  # ESC, DEL, C1 dropped; NEL is whitespace
+     ("tab\there\r\nnew\x0bline\x0cff", "tab here new line ff")],  # whitespace -> one space
+)
+def test_clean_text_decodes_until_stable_and_drops_control_characters(raw, clean):
+    assert clean_text(raw) == clean
+
+
+DIRTY = {"title": "Tom &amp;amp; Jerry&amp;#39;s \x00Tee\x07", "brand": "A&amp;amp;B\x01",
+         "category": "Toys &amp;amp; Games\x00", "description": "&amp;lt;b&amp;gt;Soft\x1b&amp;lt;/b&amp;gt;"}
+CLEAN = ("Tom & Jerry's Tee", "Soft", "A&B", "Toys & Games")
+
+
+def _dirty_meta_line(source: str) -> str:
+    if source == "amazon2014":  # a Python dict literal, as in the 2014 dumps
+        return repr({"asin": "B1", "title": DIRTY["title"], "brand": DIRTY["brand"],
+                     "categories": [[DIRTY["category"]]], "description": DIRTY["description"]})
+    record = {"title": DIRTY["title"], "description": [DIRTY["description"]]}
+    if source == "amazon2023":
+        record.update(parent_asin="B1", store=DIRTY["brand"], categories=[DIRTY["category"]])
+    else:
+        record.update(asin="B1", brand=DIRTY["brand"], category=[DIRTY["category"]])
+    return json.dumps(record)  # control characters travel as \u0000 escapes, as JSON requires
+
+
+@pytest.mark.parametrize("source", ["amazon2014", "amazon2018", "amazon2023", "demo"])
+def test_meta_text_fields_are_fully_unescaped_and_free_of_control_characters(tmp_path, source):
+    path = write_gz(tmp_path / "meta.json.gz", [_dirty_meta_line(source)])
+    assert rows(parse_items(path, source)) == [("B1", *CLEAN, None)]
+
+
+def test_recbole_item_text_is_fully_unescaped_and_free_of_control_characters(tmp_path):
+    path = tmp_path / "toy.item"
+    path.write_text("item_id:token\ttitle:token_seq\tdescription:token_seq\tbrand:token\t"
+                    "categories:token_seq\n"
+                    f"B1\t{DIRTY['title']}\t{DIRTY['description']}\t{DIRTY['brand']}\t"
+                    f"{DIRTY['category']}\n")
+    assert rows(parse_items(path, "recbole")) == [("B1", *CLEAN, None)]

@@ -45,7 +45,9 @@ def test_local_checkpoint_reloads_to_identical_features(checkpoint, images):
 
     assert features.shape == (4, 64) and features.dtype == np.float32
     assert ok.tolist() == [True, False, False, True]  # missing and corrupt are masked, not fatal
-    np.testing.assert_allclose(again, features, atol=1e-6)
+    # Batch size 2 against 3: another GEMM shape may round the last bits differently, so compare
+    # the unit-norm vectors with a tolerance (1e-5), not bit for bit.
+    np.testing.assert_allclose(again, features, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(ok_again, ok)
     np.testing.assert_allclose(np.linalg.norm(features[ok], axis=1), 1.0, atol=1e-5)  # L2-normalised
     assert not features[~ok].any()

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from rodpo.features.images import fetch_item_images
+from rodpo.features.images import cache_key, fetch_item_images
 
 TIMEOUT_S = 0.5
 SLOW_S = 1.5  # longer than TIMEOUT_S
@@ -100,6 +100,7 @@ def test_fetch_masks_failures_caches_and_does_not_refetch(server, tmp_path, capl
     assert requests["/good.png"] == 1  # cached: no new request
     assert paths_again == paths and report_again["items_cached"] == 2
     assert report_again["failures"] == report["failures"]  # failures are retried, and fail again
+    assert report_again["cache_files_corrupt"] == 0 and report_again["items_refetched"] == 0
 
 
 def test_unsupported_schemes_are_masked_not_fatal(tmp_path):
@@ -111,3 +112,43 @@ def test_unsupported_schemes_are_masked_not_fatal(tmp_path):
                                       max_bytes=MAX_BYTES, retry_backoff_s=0.0)
     assert paths[1] is None and paths[2] is None and paths[3] == local_png
     assert report["failures"] == {"unsupported_scheme": 2}
+
+
+def _items(urls):
+    return pl.DataFrame({"item_id": pl.Series(range(1, len(urls) + 1), dtype=pl.Int32),
+                         "image_url": pl.Series(urls, dtype=pl.String)})
+
+
+FAST = dict(timeout_s=TIMEOUT_S, max_retries=1, max_bytes=MAX_BYTES, retry_backoff_s=0.0)
+
+
+def test_corrupt_cached_file_is_fetched_again_once(server, tmp_path, caplog):
+    base, requests = server
+    items = _items([f"{base}/good.png", f"{base}/good.png"])
+    cache = tmp_path / "cache"
+    paths, _ = fetch_item_images(items, cache, **FAST)
+    paths[1].write_bytes(GOOD[: len(GOOD) // 2])  # truncated on disk (a crash, a bad copy)
+
+    with caplog.at_level(logging.WARNING, logger="rodpo.features.images"):
+        repaired, report = fetch_item_images(items, cache, **FAST)
+    assert requests["/good.png"] == 2  # one fresh request for the one corrupt file
+    assert repaired[1] == repaired[2] and repaired[1].read_bytes() == GOOD
+    assert report["cache_files_corrupt"] == 1 and report["items_refetched"] == 2
+    assert report["items_cached"] == 0 and report["items_with_image"] == 2 and report["failures"] == {}
+    assert "2 re-fetched after 1 corrupt cache files" in caplog.text
+
+    _, report = fetch_item_images(items, cache, **FAST)
+    assert requests["/good.png"] == 2 and report["items_cached"] == 2 and report["cache_files_corrupt"] == 0
+
+
+def test_corrupt_cached_file_whose_fresh_copy_is_bad_too_is_masked(server, tmp_path):
+    base, requests = server
+    url = f"{base}/corrupt.jpg"  # the server's copy is not an image either
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / f"{cache_key(url)}.jpg").write_bytes(b"\xff\xd8\xff truncated jpeg")
+    paths, report = fetch_item_images(_items([url]), cache, **FAST)
+    assert requests["/corrupt.jpg"] == 1  # fetched again exactly once
+    assert paths[1] is None and report["failures"] == {"not_an_image": 1}
+    assert report["cache_files_corrupt"] == 1 and report["items_cached"] == 0
+    assert report["items_with_image"] == 0 and list(cache.iterdir()) == []  # nothing bad left behind

@@ -3,10 +3,13 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: tests never touch the network
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+import shlex
+
 import numpy as np
 import polars as pl
 import pytest
 import torch
+from kedro.framework.cli.project import run as kedro_run_command
 
 from rodpo.features.text import (
     build_item_texts,
@@ -15,6 +18,7 @@ from rodpo.features.text import (
     load_text_encoder,
     pool_hidden_states,
 )
+from rodpo.pipelines.feature_extraction.nodes import extract_item_text_features
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "lipstick", "soft", "hair", "shampoo",
          "garden", "hose", "brand", "category", "beauty", "makeup", ".", ":", ">"]
@@ -122,7 +126,7 @@ def test_order_is_restored_and_output_is_deterministic(tiny_bert):
 def test_empty_texts_get_the_encoding_of_the_empty_string(tiny_bert):
     tokenizer, model = tiny_bert
     vectors = encode_texts(["", "red", "  "], tokenizer, model, show_progress=False)
-    np.testing.assert_array_equal(vectors[0], vectors[2])
+    np.testing.assert_array_equal(vectors[0], vectors[2])  # one distinct text, encoded once
     assert np.abs(vectors[0]).sum() > 0  # defined and distinct from the zero padding row
 
 
@@ -146,9 +150,14 @@ def test_cache_resumes_an_interrupted_run(tiny_bert, tmp_path):
         resumed = encode_texts(texts, tokenizer, model, **options)
         assert len(calls) == 1  # only the unfinished chunk is computed
         calls[:] = []
-        encode_texts(texts, tokenizer, model, **options)
+        reread = encode_texts(texts, tokenizer, model, **options)
         assert calls == []  # everything cached
-        np.testing.assert_array_equal(resumed, encode_texts(texts, tokenizer, model, show_progress=False))
+        np.testing.assert_array_equal(reread, resumed)  # the same cached rows read back: bit-identical
+        # Batch size 1 (cached) against 64 (fresh): a float GEMM sums in another order for another
+        # batch shape, so rows may differ in the last bits (1 ulp seen on some CPUs); 1e-5 is far
+        # below any real difference between texts and far above float32 rounding of these vectors.
+        np.testing.assert_allclose(resumed, encode_texts(texts, tokenizer, model, show_progress=False),
+                                   atol=1e-5, rtol=0)
         calls[:] = []
         encode_texts(texts, tokenizer, model, max_length=8, **options)
         assert len(calls) == 3  # another max_length is another key
@@ -177,3 +186,98 @@ def test_packaged_minilm_loads_offline_and_is_semantic():
                            tokenizer, model, pooling="mean", normalize=True, show_progress=False)
     assert vectors.shape == (3, 384)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
+
+
+# ---- cache keys: a changed encoder, pooling or text never reuses stale vectors -----------------
+
+def _count_forward_calls(model):
+    """A list that grows by one per forward pass of `model`, and the hook handle to remove."""
+    calls = []
+    return calls, model.register_forward_pre_hook(lambda module, args: calls.append(1))
+
+
+def test_cache_is_keyed_by_pooling(tiny_bert, tmp_path):
+    tokenizer, model = tiny_bert
+    texts = ["red lipstick", "garden hose", "soft hair shampoo"]
+    options = dict(batch_size=1, cache_dir=tmp_path, cache_chunk_batches=1, show_progress=False)
+    mean = encode_texts(texts, tokenizer, model, pooling="mean", **options)
+    calls, handle = _count_forward_calls(model)
+    try:
+        cls = encode_texts(texts, tokenizer, model, pooling="cls", **options)
+    finally:
+        handle.remove()
+    assert len(calls) == 3  # nothing reused from the mean-pooled run
+    fresh = encode_texts(texts, tokenizer, model, pooling="cls", batch_size=1, show_progress=False)
+    np.testing.assert_array_equal(cls, fresh)  # same batches, same computation
+    assert np.abs(cls - mean).max() > 1e-2  # the two poolings really differ: a stale reuse would show
+
+
+def test_changed_title_is_encoded_afresh_and_the_rest_reused(tiny_bert_dir, tmp_path):
+    options = dict(encoder=str(tiny_bert_dir), pooling="mean", device="cpu", batch_size=1,
+                   cache_dir=tmp_path, cache_chunk_batches=1, template="{title}", show_progress=False)
+    before, _ = extract_text_features(make_items(["red lipstick", "garden hose", "soft hair"]), **options)
+    after, manifest = extract_text_features(make_items(["red lipstick", "garden hose", "red shampoo"]),
+                                            **options)
+    assert manifest["text_cache_chunks_reused"] == 2 and manifest["text_cache_chunks_computed"] == 1
+    np.testing.assert_array_equal(after[:3], before[:3])  # unchanged items: their cached rows
+    tokenizer, model = load_text_encoder(str(tiny_bert_dir))
+    fresh = encode_texts(["red shampoo"], tokenizer, model, pooling="mean", batch_size=1, show_progress=False)
+    np.testing.assert_array_equal(after[3], fresh[0])  # the changed item: its new text, not the old vector
+    assert np.abs(after[3] - before[3]).max() > 1e-3  # old and new text differ: a stale reuse would show
+
+
+def test_cache_is_keyed_by_the_tokenizer(tiny_bert, tmp_path):
+    """Same weights behind another vocabulary see other token ids: their vectors must not be reused."""
+    from transformers import BertTokenizer
+
+    tokenizer, model = tiny_bert
+    swapped = dict(zip(WORDS, range(len(WORDS))))
+    swapped["red"], swapped["hair"] = swapped["hair"], swapped["red"]
+    other = BertTokenizer(vocab=swapped)
+    texts = ["red lipstick", "garden hose"]
+    options = dict(batch_size=2, cache_dir=tmp_path, show_progress=False)
+    encode_texts(texts, tokenizer, model, **options)
+    with_other = encode_texts(texts, other, model, **options)
+    fresh = encode_texts(texts, other, model, batch_size=2, show_progress=False)
+    np.testing.assert_array_equal(with_other, fresh)
+    assert np.abs(encode_texts(texts, tokenizer, model, **options) - with_other).max() > 1e-3
+
+
+# ---- template parameter ----------------------------------------------------------------------
+
+TEMPLATE_PARAMETERS = ("feature_extraction.text.template", "dataset_spec.features.text.template")
+
+def _cli_params(option_value: str) -> dict:
+    """What `kedro run --params=<option_value>` hands the session: Kedro's own `run` command parses
+    the option (its callback), without running anything."""
+    return kedro_run_command.make_context("run", [f"--params={option_value}"]).params["params"]
+
+
+def _nested(params: dict, dotted: str):
+    for key in dotted.split("."):
+        params = params[key]
+    return params
+
+
+@pytest.mark.parametrize("name", TEMPLATE_PARAMETERS)
+def test_unquoted_template_on_the_command_line_says_how_to_quote_it(name):
+    template = _nested(_cli_params(f"{name}={{title}}"), name)  # --params=...template={title}
+    assert template == {"title": None}  # Kedro's YAML reading made it a mapping
+    feature_extraction = {"text": {"encoder": "unused", "template": "{title}"}}
+    dataset_spec = {"features": {"text": {"template": template}}}
+    if name.startswith("feature_extraction"):
+        feature_extraction["text"]["template"], dataset_spec = template, {}
+    with pytest.raises(ValueError) as info:
+        extract_item_text_features(make_items(["red"]), dataset_spec, feature_extraction)
+    message = str(info.value)
+    assert message.startswith(f"{name} must be a string, got a dict")
+    # The command the message suggests really gives a string, through a POSIX shell and Kedro.
+    args = shlex.split(message.split("e.g. ", 1)[1].split(" (single quotes", 1)[0])
+    assert args[:2] == ["kedro", "run"] and args[2].startswith("--params=")
+    assert _nested(_cli_params(args[2].removeprefix("--params=")), name) == "{title}. Brand: {brand}"
+
+
+def test_build_item_texts_rejects_a_non_string_template_naming_both_parameters():
+    with pytest.raises(ValueError, match="must be a string") as info:
+        build_item_texts(make_items(["red"]), {"title": None})
+    assert all(name in str(info.value) for name in TEMPLATE_PARAMETERS)

@@ -262,12 +262,22 @@ def _download_http(
         failures += 1
         if failures > max_retries:
             raise DownloadError(
-                f"{url}: gave up after {failures} failed attempts (last: {reason}); kept "
-                f"{part} to resume. Check the network or raise max_retries."
+                f"{url}: gave up after {failures} failed attempts (last: {reason}); "
+                f"{_partial_state(part)}. Check the network and the URL, or raise "
+                "download.max_retries (conf/base/parameters_data_download.yml)."
             )
         delay = backoff_s * 2 ** (failures - 1)
         logger.warning("%s: %s; retry %d/%d in %.2fs", url, reason, failures, max_retries, delay)
         time.sleep(delay)
+
+
+def _partial_state(part: Path) -> str:
+    """What a give-up leaves behind, stated from the disk, not assumed: a resumable ``.part``
+    file (and its size) only when one exists."""
+    if part.is_file():
+        return (f"kept the partial file {part} ({part.stat().st_size} bytes); the next run "
+                "resumes from it")
+    return f"nothing was saved (no {part.name} exists); the next run starts from the beginning"
 
 
 def _receive(response, url: str, dest: Path, part: Path, offset: int, chunk_bytes: int,

@@ -49,6 +49,8 @@ BLOCK_BYTES = 1 << 24  # slow path: decompressed bytes handed to polars (or per-
 PREFETCH_BLOCKS = 2  # blocks decompressed ahead by a helper thread (zlib releases the GIL)
 SNIPPET_CHARS = 120
 RECBOLE_SEP = "\t"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of the int64 timestamp column
+MAX_UNESCAPE_ROUNDS = 5  # 2014 dumps escape some entities twice ("&amp;amp;quot;" needs three rounds)
 
 
 class MalformedInputError(ValueError):
@@ -147,7 +149,9 @@ def recbole_files(directory: str | Path, name: str) -> tuple[Path, Path | None]:
 def clean_text(value: object) -> str:
     """Plain text from a raw field: HTML tags dropped, entities decoded, whitespace collapsed.
 
-    Lists (2018/2023 descriptions) are cleaned element-wise and joined with spaces.
+    Entities escaped several times are decoded until stable; control characters (C0, DEL, C1)
+    other than whitespace are dropped, whitespace becomes one space. Lists (2018/2023
+    descriptions) are cleaned element-wise and joined with spaces.
     """
     if value is None:
         return ""
@@ -156,9 +160,21 @@ def clean_text(value: object) -> str:
     text = value if isinstance(value, str) else str(value)
     if "<" in text or "&" in text:
         text = _HTML_TAG.sub(" ", text)
-        text = html.unescape(text)
+        text = _unescape_until_stable(text)
         text = _HTML_TAG.sub(" ", text)  # tags that were entity-escaped (&lt;b&gt;)
+    text = _CONTROL_CHARS.sub("", text)  # NUL, BEL, DEL, C1...: never meant as text
     return _WHITESPACE.sub(" ", text).strip()
+
+
+def _unescape_until_stable(text: str) -> str:
+    """Decode HTML entities again while that changes anything (bounded): the 2014 dumps hold
+    double-escaped entities ("&amp;lt;"), which one pass would leave as "&lt;" in a title."""
+    for _ in range(MAX_UNESCAPE_ROUNDS):
+        decoded = html.unescape(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
 
 
 # --------------------------------------------------------------------------- malformed lines
@@ -274,17 +290,28 @@ def _interaction(record: dict, fields: ReviewFields) -> tuple[str, str, int]:
     user = _identifier(record.get(fields.user), fields.user)
     item = _identifier(record.get(fields.item), fields.item)
     raw_time = record.get(fields.time)
-    if isinstance(raw_time, bool) or raw_time is None:
-        raise _BadLine(f"no usable {fields.time!r}")
+    return user, item, _timestamp(raw_time, fields.time) // fields.time_units_per_second
+
+
+def _timestamp(raw: object, key: str) -> int:
+    """The whole-number time of one line (int, float or numeric string, in the file's unit).
+
+    Anything that cannot be an int64 (missing, text, inf, nan, 1e23) is a malformed line, not
+    a crash: polars would otherwise fail building the column, naming neither file nor line.
+    """
+    if isinstance(raw, bool) or raw is None:
+        raise _BadLine(f"no usable {key!r}")
     try:
-        seconds = int(raw_time) if isinstance(raw_time, int) else float(raw_time)
-    except (TypeError, ValueError):
-        raise _BadLine(f"{fields.time!r} is not a number: {raw_time!r}") from None
-    if isinstance(seconds, float):
-        if not math.isfinite(seconds):
-            raise _BadLine(f"{fields.time!r} is not finite: {raw_time!r}")
-        seconds = int(seconds)
-    return user, item, seconds // fields.time_units_per_second
+        value = raw if isinstance(raw, int) else float(raw)
+    except (TypeError, ValueError, OverflowError):
+        raise _BadLine(f"{key!r} is not a number: {raw!r}") from None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _BadLine(f"{key!r} is not finite: {raw!r}")
+        value = int(value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise _BadLine(f"{key!r} is {raw!r}, beyond the int64 range of a timestamp")
+    return value
 
 
 def _identifier(value: object, key: str) -> str:
@@ -325,19 +352,14 @@ def _parse_recbole_inter(path: Path, tally: _Tally) -> pl.DataFrame:
                 raise _BadLine(f"{len(fields)} tab-separated fields, header has {len(header)}")
             user = _identifier(fields[columns["user_id"]], "user_id")
             item = _identifier(fields[columns["item_id"]], "item_id")
-            try:
-                seconds = float(fields[columns["timestamp"]])
-            except ValueError:
-                raise _BadLine("timestamp is not a number") from None
-            if not math.isfinite(seconds):
-                raise _BadLine("timestamp is not finite")
+            seconds = _timestamp(fields[columns["timestamp"]], "timestamp")
         except _BadLine as err:
             tally.malformed(line_no, line, str(err))
             continue
         tally.good()
         users.append(user)
         items.append(item)
-        times.append(int(seconds))
+        times.append(seconds)
     return pl.DataFrame({"user_id": users, "item_id": items, "timestamp": times},
                         schema=INTERACTION_SCHEMA)
 
@@ -604,3 +626,8 @@ def _recbole_column(header: list[str], name: str, path: Path, *, required: bool 
 
 _HTML_TAG = re.compile(r"<(?:/?[A-Za-z][^<>]*|!--.*?--)>", re.DOTALL)
 _WHITESPACE = re.compile(r"\s+")
+# C0 controls, DEL and C1 controls that are not whitespace (whitespace ones collapse to a space).
+_CONTROL_CHARS = re.compile(
+    "[" + "".join(re.escape(chr(c)) for c in [*range(0x20), *range(0x7F, 0xA0)]
+                  if not chr(c).isspace()) + "]"
+)

@@ -126,9 +126,23 @@ def _write_atomic(directory: Path, name: str, data: bytes) -> Path:
         raise
 
 
+def _cached_file_intact(cached: Path) -> bool:
+    """True when a cached image still decodes. A corrupt one (a write cut short by a crash or another
+    tool, disk damage, a file copied in by hand) is deleted, so this run fetches it again instead of
+    masking the item forever."""
+    try:
+        verify_image_bytes(cached.read_bytes())
+        return True
+    except (ImageFetchError, OSError) as error:
+        logger.debug("Cached image %s is unusable (%s); deleting it to fetch it again.", cached, error)
+        cached.unlink(missing_ok=True)
+        return False
+
+
 def _fetch_one(url: str, cached: Path | None, cache_dir: Path, timeout_s: float, max_retries: int,
                max_bytes: int, retry_backoff_s: float) -> tuple[Path, str]:
-    """(path, how) for one URL: how is "cached", "downloaded" or "local"; raises ImageFetchError."""
+    """(path, how) for one URL: how is "cached", "downloaded" or "local"; raises ImageFetchError.
+    `cached` must already be checked (see _cached_file_intact)."""
     local = _local_path(url)
     if local is not None:
         return _check_local(local, max_bytes), "local"
@@ -161,7 +175,9 @@ def fetch_item_images(
 
     http(s) images are downloaded concurrently into `cache_dir/<sha256(url)>.<ext>` and checked with
     Pillow (verify + full decode) before they get their final name; a rerun makes no request for
-    files already there. file:// URLs and plain paths are checked in place, not copied. Failures
+    files already there that still decode. A cached file that no longer decodes is deleted and
+    fetched once more in that run (`items_refetched`, `cache_files_corrupt`); only if the fresh copy
+    is bad too is the item masked. file:// URLs and plain paths are checked in place, not copied. Failures
     are not remembered: a rerun tries them again (servers recover; a dead URL costs one fast 404).
     Timeouts, connection errors and 5xx/429 are retried `max_retries` times; other 4xx are not.
     """
@@ -179,12 +195,16 @@ def fetch_item_images(
         if url:
             items_by_url[url].append(item_id)
 
-    def fetch(url: str) -> tuple[Path | None, str]:
+    def fetch(url: str) -> tuple[Path | None, str, bool]:
+        """(path, how or failure reason, whether a corrupt cached file was dropped)."""
+        cached = cached_by_key.get(cache_key(url))
+        corrupt = cached is not None and not _cached_file_intact(cached)
         try:
-            return _fetch_one(url, cached_by_key.get(cache_key(url)), cache_dir, timeout_s, max_retries,
-                              max_bytes, retry_backoff_s)
+            path, how = _fetch_one(url, None if corrupt else cached, cache_dir, timeout_s, max_retries,
+                                   max_bytes, retry_backoff_s)
         except ImageFetchError as error:
-            return None, error.reason
+            return None, error.reason, corrupt
+        return path, "refetched" if corrupt and how == "downloaded" else how, corrupt
 
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
         outcomes = dict(zip(items_by_url, pool.map(fetch, items_by_url)))
@@ -192,26 +212,30 @@ def fetch_item_images(
     paths: dict[int, Path | None] = {item_id: None for item_id in range(1, len(urls) + 1)}
     outcome_counts: Counter[str] = Counter()
     examples: dict[str, list[str]] = defaultdict(list)
-    for url, (path, how) in outcomes.items():
+    for url, (path, how, _) in outcomes.items():
         for item_id in items_by_url[url]:
             paths[item_id] = path
             outcome_counts[how] += 1
         if path is None and len(examples[how]) < EXAMPLES_PER_REASON:
             examples[how].append(url)
     outcome_counts["no_url"] = len(urls) - sum(len(ids) for ids in items_by_url.values())
-    successes = ("cached", "downloaded", "local")
+    successes = ("cached", "downloaded", "refetched", "local")
     failures = {reason: n for reason, n in sorted(outcome_counts.items()) if reason not in successes and n}
     report = {
         "items": len(urls),
         "items_with_url": len(urls) - outcome_counts["no_url"],
         "items_with_image": sum(outcome_counts[how] for how in successes),
         **{f"items_{how}": outcome_counts[how] for how in successes},
+        "cache_files_corrupt": sum(corrupt for _, _, corrupt in outcomes.values()),
         "failures": failures,
         "failure_examples": {reason: urls_ for reason, urls_ in sorted(examples.items())},
         "seconds": round(time.perf_counter() - started, 3),
     }
-    log = logger.warning if any(reason != "no_url" for reason in failures) else logger.info
-    log("Item images: %d/%d usable (%d cached, %d downloaded, %d local); missing by reason: %s; examples: %s",
+    worrying = report["cache_files_corrupt"] or any(reason != "no_url" for reason in failures)
+    log = logger.warning if worrying else logger.info
+    log("Item images: %d/%d usable (%d cached, %d downloaded, %d re-fetched after %d corrupt cache files, "
+        "%d local); missing by reason: %s; examples: %s",
         report["items_with_image"], report["items"], report["items_cached"], report["items_downloaded"],
-        report["items_local"], failures or "none", report["failure_examples"] or "none")
+        report["items_refetched"], report["cache_files_corrupt"], report["items_local"], failures or "none",
+        report["failure_examples"] or "none")
     return paths, report

