@@ -15,7 +15,8 @@ import numpy as np
 import polars as pl
 
 from rodpo.features.clip import build_random_clip_checkpoint, extract_image_features
-from rodpo.features.text import extract_text_features
+from rodpo.features.text import check_template, extract_text_features
+from rodpo.lineage import ITEM_CATALOG, catalog_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ def extract_item_text_features(
     options = _options(feature_extraction, dataset_spec, "text")
     if not options.pop("enabled", True):
         return _absent(items), {"text_encoder": None, "text_skipped": "disabled"}
+    if "template" in options:  # --params=...template={title} arrives as a dict: say how to quote it
+        check_template(options["template"], _option_parameter(dataset_spec, "text", "template"))
     return extract_text_features(items, device=feature_extraction.get("device", "auto"), **options)
 
 
@@ -51,14 +54,23 @@ def extract_item_image_features(
     return extract_image_features(items, device=feature_extraction.get("device", "auto"), **options)
 
 
-def merge_feature_manifests(text_manifest: dict, image_manifest: dict, dataset: str) -> dict:
-    """One JSON record of what was extracted, with which encoder, and how long it took."""
-    return {"dataset": dataset, "text": text_manifest, "image": image_manifest}
+def merge_feature_manifests(text_manifest: dict, image_manifest: dict, items: pl.DataFrame, dataset: str) -> dict:
+    """One JSON record of what was extracted, with which encoder, how long it took, and from which
+    item catalog (checked by every stage that reads the features)."""
+    return {"dataset": dataset, ITEM_CATALOG: catalog_fingerprint(items), "text": text_manifest,
+            "image": image_manifest}
 
 
 def _options(feature_extraction: dict, dataset_spec: dict, modality: str) -> dict:
     overrides = (dataset_spec.get("features") or {}).get(modality) or {}
     return {**feature_extraction[modality], **overrides}
+
+
+def _option_parameter(dataset_spec: dict, modality: str, key: str) -> str:
+    """The parameter a merged option was read from, so an error names the one to fix."""
+    overrides = (dataset_spec.get("features") or {}).get(modality) or {}
+    source = "dataset_spec.features" if key in overrides else "feature_extraction"
+    return f"{source}.{modality}.{key}"
 
 
 def _absent(items: pl.DataFrame) -> np.ndarray:
