@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ def test_a_tracked_run_has_parameters_curves_metrics_and_reports(demo_results):
     experiment = client.get_experiment_by_name("rodpo")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.run_name == "__default__+case_study"
+    assert run.data.tags["rodpo.pid"] == str(os.getpid())  # who owns it, should the process be killed
 
     params = run.data.params  # dataclass parameters, flattened field by field
     assert params["warmup.lr"] == "0.001" and params["rodpo.dpo.beta"] == "1.0"

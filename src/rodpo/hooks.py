@@ -9,22 +9,34 @@ auto-registered instance) with the project's rules added:
 - parameters typed as dataclasses (``params:warmup`` is a ``TrainConfig``) are logged field by
   field (``warmup.lr``, ``rodpo.dpo.beta``), like dict parameters, instead of as one long string;
 - a session never reopens the previous session's run, and leaves its own closed (several sessions in
-  one process: tests, notebooks).
+  one process: tests, notebooks);
+- every run it starts is tagged with the host, pid and process start time that own it, and before a
+  pipeline runs, RUNNING runs of this host whose process is gone (``kill -9``, power loss) are marked
+  KILLED. Runs of other hosts, and runs without these tags, are left alone: nothing here can tell.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import mlflow
+import omegaconf
 from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
+from kedro_mlflow.config.resolvers import resolve_random_name
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
+
+logger = logging.getLogger(__name__)
 
 TRACKING_URI_RESOLVER = "rodpo.tracking_uri"
 ARTIFACT_LOCATION_RESOLVER = "rodpo.artifact_location"
@@ -32,6 +44,14 @@ DEFAULT_STORE = "mlflow.db"
 ARTIFACTS_DIR = "mlruns"
 SQLITE_PREFIX = "sqlite:///"
 MLFLOW_CONFIG_PATTERNS = ["mlflow*", "mlflow*/**", "**/mlflow*"]  # where kedro-mlflow looks for mlflow.yml
+RANDOM_NAME_RESOLVER = "km.random_name"  # kedro-mlflow's, registered here with OmegaConf's current API
+# Who owns a run: a RUNNING run of this host whose process is gone was killed.
+HOST_TAG = "rodpo.host"
+PID_TAG = "rodpo.pid"
+PID_NAMESPACE_TAG = "rodpo.pid_namespace"  # containers sharing a host name do not see each other's pids
+PROCESS_START_TAG = "rodpo.process_start"  # tells a reused pid from the original process
+KILLED_TAG = "rodpo.killed"
+SEARCH_PAGE_SIZE = 1000
 
 
 def tracking_uri(project_path: Path, store: str = DEFAULT_STORE) -> str:
@@ -73,7 +93,19 @@ class TrackingHook(MlflowHook):
 
         _register_resolver(ARTIFACT_LOCATION_RESOLVER, configured_artifact_location)
         configured_uri = _configured_tracking_uri(context)
+        # kedro-mlflow registers this one with the deprecated API unless it already exists.
+        _register_resolver(RANDOM_NAME_RESOLVER, resolve_random_name, use_cache=True)
         super().after_context_created(context)
+
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        try:
+            mark_dead_runs_killed(MlflowClient(mlflow.get_tracking_uri()))
+        except Exception as error:  # housekeeping: an unreachable or read-only store must not stop the run
+            logger.warning("Could not check the MLflow store %s for killed runs: %s", mlflow.get_tracking_uri(), error)
+        super().before_pipeline_run(run_params, pipeline, catalog)
+        if self._is_mlflow_enabled and self.run_id is not None and not self._already_active_mlflow:
+            mlflow.set_tags(process_identity())  # the run kedro-mlflow just started is the active one
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool) -> None:
@@ -116,7 +148,85 @@ def _as_dict(value: Any) -> Any:
     return value
 
 
-def _register_resolver(name: str, resolver) -> None:
-    """OmegaConf >= 2.4 renamed ``register_new_resolver`` (now deprecated) to ``register_resolver``."""
-    register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
-    register(name, resolver, replace=True)
+def _register_resolver(name: str, resolver, use_cache: bool = False) -> None:
+    """OmegaConf 2.4 deprecated ``register_new_resolver`` for ``register_resolver`` (which, before 2.2,
+    was the old string-only API): use whichever is current."""
+    current = tuple(int(part) for part in omegaconf.__version__.split(".")[:2]) >= (2, 4)
+    register = OmegaConf.register_resolver if current else OmegaConf.register_new_resolver
+    register(name, resolver, replace=True, use_cache=use_cache)
+
+
+def process_identity(pid: int | None = None) -> dict[str, str]:
+    """The tags that say which process owns a run: host name, pid namespace, pid, and the process's start time."""
+    pid = os.getpid() if pid is None else pid
+    return {HOST_TAG: socket.gethostname(), PID_NAMESPACE_TAG: _pid_namespace(), PID_TAG: str(pid),
+            PROCESS_START_TAG: _process_start(pid)}
+
+
+def mark_dead_runs_killed(client: MlflowClient) -> list[str]:
+    """Mark KILLED (with an end time) every RUNNING run whose owning process on this host is gone.
+
+    Returns the ids of the runs it closed. A run is dead when its ``rodpo.host`` tag is this host and
+    its pid is not alive, or is alive with a different start time (the pid was reused).
+    """
+    host = socket.gethostname()
+    experiment_ids = [experiment.experiment_id for experiment in client.search_experiments()]
+    if not experiment_ids:
+        return []
+    query = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host.replace(chr(39), '')}'"
+    killed, page_token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, query, max_results=SEARCH_PAGE_SIZE, page_token=page_token)
+        for run in page:
+            if _owner_is_gone(run.data.tags, host):
+                reason = f"process {run.data.tags[PID_TAG]} on {host} had ended without closing the run"
+                client.set_tag(run.info.run_id, KILLED_TAG, reason)
+                client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED),
+                                      end_time=int(time.time() * 1000))
+                logger.warning("MLflow run %s was left RUNNING (%s): marked KILLED.", run.info.run_id, reason)
+                killed.append(run.info.run_id)
+        page_token = page.token
+        if not page_token:
+            return killed
+
+
+def _owner_is_gone(tags: dict[str, str], host: str) -> bool:
+    if tags.get(HOST_TAG) != host or tags.get(PID_NAMESPACE_TAG, "") != _pid_namespace():
+        return False
+    try:
+        pid = int(tags.get(PID_TAG, ""))
+    except ValueError:
+        return False
+    if not _pid_alive(pid):
+        return True
+    recorded, current = tags.get(PROCESS_START_TAG, ""), _process_start(pid)
+    return bool(recorded and current and recorded != current)
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill would terminate the process there: assume alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _process_start(pid: int) -> str:
+    """``<boot id>:<start time in clock ticks since boot>`` of a process (Linux ``/proc``); "" where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+    return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"  # starttime is field 22, the 20th after "pid (comm)"
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""

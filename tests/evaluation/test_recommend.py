@@ -103,3 +103,22 @@ def test_a_real_model_ranks_by_its_own_scores():
         assert rows["score"].is_sorted(descending=True)
         assert not set(rows["item_id"]) & {f"I{i}" for i in history}
         assert "I0" not in set(rows["item_id"])
+
+
+def test_recommending_with_exclusions_hands_torch_only_writable_arrays(monkeypatch):
+    """torch.from_numpy of a read-only array warns (once per process, so the array is checked too)."""
+    import warnings
+
+    real_from_numpy = torch.from_numpy
+
+    def writable_only(array):
+        assert array.flags.writeable, f"torch.from_numpy got a read-only {array.dtype} array"
+        return real_from_numpy(array)
+
+    monkeypatch.setattr(torch, "from_numpy", writable_only)
+    sequences, users, items = _tables()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = recommend_top_n(FixedScorer(), sequences, users, items, top_n=2, exclude_history=True, device="cpu")
+    assert table.filter(pl.col("user_id") == "BOB")["item_id"].to_list() == ["ASIN2", "ASIN4"]  # item 1 excluded
+    assert table.filter(pl.col("user_id") == "ALICE")["item_id"].to_list() == ["ASIN4"]  # 1, 2, 3, 5 seen

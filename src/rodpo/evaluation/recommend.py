@@ -165,5 +165,5 @@ def _score_batches(model: nn.Module, histories: np.ndarray, timestamps: np.ndarr
 def _flat_pairs(lists: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """A list column -> (row index, value) pairs of all its elements, as int64 arrays."""
     lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
-    values = lists.explode().drop_nulls().cast(pl.Int64).to_numpy()
+    values = lists.explode().drop_nulls().cast(pl.Int64).to_numpy(writable=True)  # torch.from_numpy needs writable
     return np.repeat(np.arange(len(lengths)), lengths), values

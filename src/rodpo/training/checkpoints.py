@@ -8,7 +8,8 @@ Files:
                containers only, read back with torch.load(weights_only=True)
   done.json    present once the run finished (early stop or epoch budget reached)
 Each file is written to a temporary name and renamed, so an interrupted write never leaves a
-half-written checkpoint behind.
+half-written checkpoint behind. A file that does not read back (tampered with, or corrupted on disk)
+raises ``CheckpointError``, which names the run directory to delete.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -27,6 +30,10 @@ LAST_WEIGHTS = "last.safetensors"
 BEST_WEIGHTS = "best.safetensors"
 STATE_FILE = "state.pt"
 DONE_FILE = "done.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file of a run directory cannot be trusted; the message says which and what to do."""
 
 
 def state_fingerprint(model: nn.Module) -> str:
@@ -80,14 +87,39 @@ class RunCheckpoint:
         path = self.directory / STATE_FILE
         if not path.exists() or not (self.directory / LAST_WEIGHTS).exists():
             return None
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:  # weights_only refused a global: not what rodpo writes
+            raise CheckpointError(
+                f"{path} holds something other than tensors and plain containers (tampered with, corrupted, "
+                f"or written by something other than rodpo); rodpo will not unpickle it. {self._fresh_start()}"
+            ) from error
+        except Exception as error:  # torch.load only reads here: any failure means the file is unusable
+            raise CheckpointError(f"{path} cannot be read ({error}): it is truncated or corrupt. "
+                                  f"{self._fresh_start()}") from error
 
     def read_weights(self, which: str = "last") -> dict[str, torch.Tensor]:
         """CPU weights of the "last" or "best" epoch."""
-        return load_file(str(self.directory / {"last": LAST_WEIGHTS, "best": BEST_WEIGHTS}[which]))
+        path = self._weights_path(which)
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{path} cannot be read ({error}): it is truncated or corrupt. "
+                                  f"{self._fresh_start()}") from error
 
     def load_weights(self, model: nn.Module, which: str = "last") -> None:
-        model.load_state_dict(self.read_weights(which))
+        weights = self.read_weights(which)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as error:  # readable, but not this run's weights
+            raise CheckpointError(f"{self._weights_path(which)} does not match the model ({error}). "
+                                  f"{self._fresh_start()}") from error
+
+    def _weights_path(self, which: str) -> Path:
+        return self.directory / {"last": LAST_WEIGHTS, "best": BEST_WEIGHTS}[which]
+
+    def _fresh_start(self) -> str:
+        return f"Delete the run directory {self.directory} to retrain this run from scratch."
 
     def mark_done(self, summary: dict[str, Any]) -> None:
         _atomic(self.directory / DONE_FILE, lambda p: p.write_text(json.dumps(summary, indent=2)))
