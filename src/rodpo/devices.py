@@ -1,6 +1,9 @@
-"""One place that decides which torch device a run uses."""
+"""One place that decides which torch device a run uses, and how many CPU threads it may take."""
 
 from __future__ import annotations
+
+import math
+import os
 
 import torch
 
@@ -33,3 +36,45 @@ def resolve_device(requested: str = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device={requested!r} but MPS is not available here; use device='auto' or 'cpu'.")
     return device
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on: its affinity mask (taskset, a container's cpuset) and, on
+    cgroup v2, its CPU quota (a container limited to 2 CPUs on a 64-core host gets 2)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def default_torch_threads(processes: int = 1) -> int:
+    """Intra-op threads per process that do not oversubscribe the cores: the usable cores shared by
+    `processes` (e.g. the workers of a distributed run), at least one. OMP_NUM_THREADS, when set,
+    is the user's choice and wins."""
+    if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return max(1, usable_cores() // max(1, processes))
+
+
+def configure_torch_threads(threads: int | str = "auto", processes: int = 1) -> int:
+    """Set torch's intra-op threads ("auto" = `default_torch_threads`) and return the number set.
+
+    torch starts with one thread per physical core of the machine, not of the process's share;
+    two processes (or one process pinned to fewer cores) then fight over the same cores.
+    """
+    if threads == "auto":
+        count = default_torch_threads(processes)
+    elif isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1:
+        count = threads
+    else:
+        raise ValueError(f"threads={threads!r}: use 'auto' or a positive integer (torch intra-op threads).")
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return count
