@@ -17,7 +17,8 @@ import polars as pl
 import pytest
 
 from rodpo.lineage import LineageError
-from rodpo.transactions import JOURNAL_DIR, current_process, process_is_gone
+from rodpo.processes import process_identity, process_is_gone
+from rodpo.transactions import JOURNAL_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +45,9 @@ def _dead_pid() -> int:
 
 
 def test_a_dead_local_process_is_gone_and_a_live_one_is_not():
-    assert not process_is_gone(current_process())
-    assert process_is_gone({**current_process(), "pid": _dead_pid(), "start": None})
-    assert not process_is_gone({"host": "another-host", "pid": _dead_pid()})  # never judged
+    assert not process_is_gone(process_identity())
+    assert process_is_gone({**process_identity(), "pid": str(_dead_pid()), "start": ""})
+    assert not process_is_gone({"host": "another-host", "pid": str(_dead_pid())})  # never judged
 
 
 def test_a_failed_processing_run_leaves_the_previous_versions_current(kedro_project, kedro_runner):
@@ -67,10 +68,10 @@ def test_the_journal_of_a_killed_run_is_rolled_back_by_the_next_run(kedro_projec
     (orphan / "items.parquet").write_bytes(b"half of a run")
     journal_dir = kedro_project / JOURNAL_DIR
     journal_dir.mkdir(parents=True, exist_ok=True)
-    owner = {**current_process(), "pid": _dead_pid(), "start": None}
+    owner = {**process_identity(), "pid": str(_dead_pid()), "start": ""}
     (journal_dir / "killed.json").write_text(json.dumps({"owner": owner, "version_folders": [str(orphan)]}))
     live = journal_dir / "live.json"  # a concurrent run of a live process is left alone
-    live.write_text(json.dumps({"owner": current_process(), "version_folders": []}))
+    live.write_text(json.dumps({"owner": process_identity(), "version_folders": []}))
     kedro_runner(kedro_project, ["data_download"], _params())
     assert not orphan.exists()
     assert not (journal_dir / "killed.json").exists()

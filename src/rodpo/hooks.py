@@ -36,6 +36,8 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from rodpo import processes
+
 logger = logging.getLogger(__name__)
 
 TRACKING_URI_RESOLVER = "rodpo.tracking_uri"
@@ -157,10 +159,10 @@ def _register_resolver(name: str, resolver, use_cache: bool = False) -> None:
 
 
 def process_identity(pid: int | None = None) -> dict[str, str]:
-    """The tags that say which process owns a run: host name, pid namespace, pid, and the process's start time."""
-    pid = os.getpid() if pid is None else pid
-    return {HOST_TAG: socket.gethostname(), PID_NAMESPACE_TAG: _pid_namespace(), PID_TAG: str(pid),
-            PROCESS_START_TAG: _process_start(pid)}
+    """The tags that say which process owns a run (rodpo.processes' identity under tag names)."""
+    identity = processes.process_identity(pid)
+    return {HOST_TAG: identity["host"], PID_NAMESPACE_TAG: identity["pid_namespace"], PID_TAG: identity["pid"],
+            PROCESS_START_TAG: identity["start"]}
 
 
 def mark_dead_runs_killed(client: MlflowClient) -> list[str]:
@@ -191,42 +193,5 @@ def mark_dead_runs_killed(client: MlflowClient) -> list[str]:
 
 
 def _owner_is_gone(tags: dict[str, str], host: str) -> bool:
-    if tags.get(HOST_TAG) != host or tags.get(PID_NAMESPACE_TAG, "") != _pid_namespace():
-        return False
-    try:
-        pid = int(tags.get(PID_TAG, ""))
-    except ValueError:
-        return False
-    if not _pid_alive(pid):
-        return True
-    recorded, current = tags.get(PROCESS_START_TAG, ""), _process_start(pid)
-    return bool(recorded and current and recorded != current)
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill would terminate the process there: assume alive
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
-
-
-def _process_start(pid: int) -> str:
-    """``<boot id>:<start time in clock ticks since boot>`` of a process (Linux ``/proc``); "" where unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-    return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"  # starttime is field 22, the 20th after "pid (comm)"
-
-
-def _pid_namespace() -> str:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
+    return processes.process_is_gone({"host": tags.get(HOST_TAG, ""), "pid_namespace": tags.get(PID_NAMESPACE_TAG, ""),
+                                      "pid": tags.get(PID_TAG, ""), "start": tags.get(PROCESS_START_TAG, "")})

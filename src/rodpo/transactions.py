@@ -15,47 +15,17 @@ import json
 import logging
 import os
 import shutil
-import socket
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
 from kedro.io.core import AbstractVersionedDataset
 
+from rodpo.processes import process_identity, process_is_gone
+
 logger = logging.getLogger(__name__)
 
 JOURNAL_DIR = Path("data") / ".runs"
-
-
-# ------------------------------------------------------------------ which process owns a journal
-def _process_start_ticks(pid: int) -> str | None:
-    """Start time of a process in clock ticks since boot (Linux /proc), to tell a reused pid apart."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[19]  # field 22 of stat; the first two fields (pid, comm) were cut off
-    except (OSError, IndexError):
-        return None
-
-
-def current_process() -> dict[str, Any]:
-    """Who is running: host, pid and the process start time (None where /proc is not available)."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start_ticks(os.getpid())}
-
-
-def process_is_gone(owner: dict[str, Any]) -> bool:
-    """True only when `owner` ran on this host and that process no longer exists (a reused pid with
-    another start time counts as gone). Processes of other hosts are never judged."""
-    if owner.get("host") != socket.gethostname():
-        return False
-    pid = int(owner.get("pid", -1))
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # exists, owned by someone else
-        pass
-    start = owner.get("start")
-    return start is not None and _process_start_ticks(pid) not in (None, start)
 
 
 # ------------------------------------------------------------------ journal
@@ -102,7 +72,7 @@ class TransactionalRunHook:
         journal_dir.mkdir(parents=True, exist_ok=True)
         self._journal = journal_dir / f"{run_params.get('session_id', 'run')}-{os.getpid()}.json"
         temporary = self._journal.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"owner": current_process(), "version_folders": folders}, indent=1))
+        temporary.write_text(json.dumps({"owner": process_identity(), "version_folders": folders}, indent=1))
         os.replace(temporary, self._journal)
 
     @hook_impl
