@@ -379,3 +379,29 @@ def _count_beating(states: torch.Tensor, table: torch.Tensor, targets: torch.Ten
         else:  # the target itself sits among the "beating" columns of its chunk: take it off
             counts += (stop - fresh) - not_beating.sum(dim=1) - inside.long()
     return counts, own
+
+
+# ---------------------------------------------------------------------------------------- pools
+def draw_from_pool(pool_items: torch.Tensor, valid: torch.Tensor, m: int,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """(N, m) distinct items per row, uniformly without replacement from the row's valid pool entries.
+
+    The top-m of i.i.d. uniform keys is a uniform random m-subset (Gumbel-top-m with equal weights);
+    invalid entries (the positive, padding, excluded history) get key -inf and are never drawn.
+    `pool_items` (N, K) int64, `valid` (N, K) bool; `generator` must live on their device.
+    """
+    if pool_items.dim() != 2 or valid.shape != pool_items.shape or valid.dtype != torch.bool:
+        raise ValueError(f"draw_from_pool: expected pool_items (N, K) and a bool valid mask of the same shape, got "
+                         f"{tuple(pool_items.shape)} and {valid.dtype} {tuple(valid.shape)}.")
+    if m < 1:
+        raise ValueError(f"draw_from_pool: m={m}; rodpo.dpo.n_negatives must be >= 1.")
+    n_valid = valid.sum(dim=1)  # (N,)
+    short = n_valid < m
+    if bool(short.any()):
+        raise ValueError(f"draw_from_pool: {int(short.sum())} row(s) have fewer than m={m} valid pool items "
+                         f"(fewest: {int(n_valid.min())}); lower rodpo.dpo.n_negatives, raise rodpo.dpo.k, or set "
+                         "rodpo.dpo.exclude_history=false.")
+    keys = torch.rand(pool_items.shape, generator=generator, device=pool_items.device)
+    keys = keys.masked_fill(~valid, float("-inf"))
+    picked = keys.topk(m, dim=1).indices  # (N, m) positions in the pool
+    return pool_items.gather(1, picked)

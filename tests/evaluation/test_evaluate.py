@@ -8,16 +8,20 @@ from rodpo.training.batching import EvalSequences
 
 
 class FixedScores(nn.Module):
-    """score_next returns a fixed score row per user, looked up by the first history item."""
+    """A fixed score row per user, looked up by the first history item: the state is that row's
+    one-hot vector and the item table holds the rows as columns, so s(x, i) = rows[x, i] exactly."""
 
     def __init__(self, rows: torch.Tensor) -> None:
         super().__init__()
-        self.rows = nn.Parameter(rows, requires_grad=False)
+        self.table = nn.Parameter(torch.nan_to_num(rows, neginf=0.0).T.contiguous(), requires_grad=False)
         self.seen_training_flags = []
 
-    def score_next(self, items, timestamps):
+    def scoring_table(self):
+        return self.table
+
+    def last_states(self, items, timestamps):
         self.seen_training_flags.append(self.training)
-        return self.rows[items[:, 0] - 1]
+        return torch.eye(self.table.shape[1])[items[:, 0] - 1]
 
 
 SCORES = torch.tensor([

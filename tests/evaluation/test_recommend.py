@@ -18,7 +18,8 @@ SCORES = [99.0, 1.0, 5.0, 3.0, 4.0, 2.0]
 
 
 class FixedScorer(nn.Module):
-    """score_next returns SCORES for every user and remembers the histories it was given."""
+    """Every user gets SCORES (a one-dimensional state of 1 against a table of SCORES) and the scorer
+    remembers the histories it was given."""
 
     def __init__(self, max_seq_len: int = 3) -> None:
         super().__init__()
@@ -26,9 +27,12 @@ class FixedScorer(nn.Module):
         self.anchor = nn.Parameter(torch.zeros(()))
         self.seen: list[torch.Tensor] = []
 
-    def score_next(self, items: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+    def scoring_table(self) -> torch.Tensor:
+        return torch.tensor(SCORES)[:, None]
+
+    def last_states(self, items: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
         self.seen.append(items.clone())
-        return torch.tensor(SCORES).expand(items.shape[0], -1).clone()
+        return torch.ones(items.shape[0], 1)
 
 
 def _tables():

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from rodpo.devices import resolve_device
-from rodpo.evaluation.metrics import DEFAULT_KS, history_exclusion_mask, ranking_metrics, target_ranks
+from rodpo.distributed import SINGLE_PROCESS, DistributedContext, all_gather_rows
+from rodpo.evaluation.metrics import DEFAULT_KS, ranking_metrics
+from rodpo.scoring import draw_from_pool, target_ranks, top_k_items
 from rodpo.training.batching import EvalSequences, trim_to_longest
-from rodpo.training.dpo import sample_negatives
 
 DEFAULT_EVAL_BATCH_SIZE = 2048
 
@@ -29,59 +30,93 @@ def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.dev
     return resolve_device(device) if isinstance(device, str) else torch.device(device)
 
 
-def _scored_batches(model: nn.Module, sequences: EvalSequences, batch_size: int,
-                    device: torch.device) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (row indices, history items (B, L), targets (B,), scores (B, n_items+1)) in eval mode, no grad.
+def scored_batches(model: nn.Module, sequences: EvalSequences, batch_size: int, device: torch.device,
+                   rows: np.ndarray | None = None
+                   ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (row indices, history items (B, L), targets (B,), last states (B, D), item table) in
+    eval mode, no grad; the scoring core ranks the states against the table chunk by chunk.
 
-    Users are visited by history length so each batch is cut to its own longest history (less padding).
+    Users (all, or `rows`) are visited by history length so each batch is cut to its own longest
+    history (less padding). The table is computed once.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: need at least 1 sequence per batch.")
-    by_length = np.argsort((sequences.items > 0).sum(axis=1), kind="stable")
+    rows = np.arange(len(sequences.targets)) if rows is None else rows
+    by_length = rows[np.argsort((sequences.items[rows] > 0).sum(axis=1), kind="stable")]
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
+            table = model.scoring_table().float()
             for start in range(0, len(by_length), batch_size):
-                rows = by_length[start:start + batch_size]
-                items = torch.from_numpy(sequences.items[rows]).to(device)
-                timestamps = torch.from_numpy(sequences.timestamps[rows]).to(device)
-                targets = torch.from_numpy(sequences.targets[rows]).to(device)
+                batch = by_length[start:start + batch_size]
+                items = torch.from_numpy(sequences.items[batch]).to(device)
+                timestamps = torch.from_numpy(sequences.timestamps[batch]).to(device)
+                targets = torch.from_numpy(sequences.targets[batch]).to(device)
                 items, timestamps = trim_to_longest(items, timestamps)
-                yield rows, items, targets, model.score_next(items, timestamps).float()
+                yield batch, items, targets, model.last_states(items, timestamps).float(), table
     finally:
         model.train(was_training)
 
 
 def evaluate_model(model: nn.Module, sequences: EvalSequences, *, ks: Sequence[int] = DEFAULT_KS,
                    batch_size: int = DEFAULT_EVAL_BATCH_SIZE, device: str | torch.device | None = None,
-                   mask_history: bool = False) -> dict:
+                   mask_history: bool = False, chunk_items: int | str = "auto",
+                   context: DistributedContext = SINGLE_PROCESS, logit_sample_k: int | None = None,
+                   seed: int = 0) -> dict:
     """Full-ranking NDCG/MRR/Hit@K over all users of a valid or test split.
 
-    Returns {"metrics": {"ndcg@10": ...}, "ranks": (N,) int64 1-based, "user_ids": (N,)}.
-    `mask_history` removes the (last max_seq_len) history items from the ranking.
+    Returns {"metrics": {"ndcg@10": ...}, "ranks": (N,) int64 1-based, "user_ids": (N,)} and, with
+    `logit_sample_k`, "logit_samples" (Figure 4) from the same pass. `mask_history` removes the
+    (last max_seq_len) history items from the ranking. Ranks are exact counts (rodpo.scoring), the
+    same for every batch and chunk size; in a distributed run each rank scores every
+    world_size-th user and the ranks are gathered.
     """
     device = _device_of(model, device)
     model.to(device)
-    ranks = np.zeros(len(sequences.targets), dtype=np.int64)
-    for rows, items, targets, scores in _scored_batches(model, sequences, batch_size, device):
-        exclude = history_exclusion_mask(items, scores.shape[1] - 1) if mask_history else None
-        ranks[rows] = target_ranks(scores, targets, exclude).cpu().numpy()
-    return {"metrics": ranking_metrics(ranks, ks), "ranks": ranks, "user_ids": sequences.user_ids}
+    n_users = len(sequences.targets)
+    mine = np.arange(context.rank, n_users, context.world_size)
+    ranks = np.zeros(n_users, dtype=np.int64)
+    samples = {"positive": np.zeros(n_users, dtype=np.float32), "negative": np.zeros(n_users, dtype=np.float32)}
+    generator = torch.Generator(device=device).manual_seed(seed) if logit_sample_k else None
+    for rows, items, targets, states, table in scored_batches(model, sequences, batch_size, device, mine):
+        exclude = items if mask_history else None
+        ranks[rows] = target_ranks(states, table, targets, exclude_ids=exclude, chunk_items=chunk_items).cpu().numpy()
+        if logit_sample_k:
+            positive, negative = _logit_pair(states, table, targets, logit_sample_k, generator, chunk_items)
+            samples["positive"][rows], samples["negative"][rows] = positive, negative
+    if context.enabled:
+        ranks = _gathered(ranks, mine, context)
+        samples = {name: _gathered(values, mine, context) for name, values in samples.items()}
+    result = {"metrics": ranking_metrics(ranks, ks), "ranks": ranks, "user_ids": sequences.user_ids}
+    if logit_sample_k:
+        result["logit_samples"] = samples
+    return result
+
+
+def _gathered(values: np.ndarray, mine: np.ndarray, context: DistributedContext) -> np.ndarray:
+    """Every rank's entries of `values` (each rank filled the rows of `mine`), on every rank."""
+    as_float = torch.from_numpy(values[mine].astype(np.float64))
+    full = np.zeros_like(values)
+    for rank, part in enumerate(all_gather_rows(as_float, context)):
+        full[np.arange(rank, len(values), context.world_size)] = part.numpy().astype(values.dtype)
+    return full
+
+
+def _logit_pair(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, k: int,
+                generator: torch.Generator, chunk_items: int | str) -> tuple[np.ndarray, np.ndarray]:
+    """The positive's score and one top-K-uniform negative's (Eq. 4) for each row."""
+    _, pool = top_k_items(states, table, k, exclude_targets=targets, chunk_items=chunk_items)
+    negatives = draw_from_pool(pool, pool > 0, 1, generator).squeeze(1)
+    positive = (states * table[targets]).sum(dim=1)
+    negative = (states * table[negatives]).sum(dim=1)
+    return positive.cpu().numpy(), negative.cpu().numpy()
 
 
 def collect_logit_samples(model: nn.Module, sequences: EvalSequences, *, k: int = 50, seed: int = 0,
-                          batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
-                          device: str | torch.device | None = None) -> dict[str, np.ndarray]:
+                          batch_size: int = DEFAULT_EVAL_BATCH_SIZE, device: str | torch.device | None = None,
+                          chunk_items: int | str = "auto") -> dict[str, np.ndarray]:
     """Test-time logits of each user's positive and of one negative drawn by the stochastic top-K
     sampler (Eq. 4) from the same scores: the two distributions of the paper's Figure 4."""
-    device = _device_of(model, device)
-    model.to(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    positive = np.zeros(len(sequences.targets), dtype=np.float32)
-    negative = np.zeros_like(positive)
-    for rows, _, targets, scores in _scored_batches(model, sequences, batch_size, device):
-        negatives = sample_negatives(scores, targets, "topk_uniform", k=k, generator=generator)
-        positive[rows] = scores.gather(1, targets.unsqueeze(1)).squeeze(1).cpu().numpy()
-        negative[rows] = scores.gather(1, negatives.unsqueeze(1)).squeeze(1).cpu().numpy()
-    return {"positive": positive, "negative": negative}
+    return evaluate_model(model, sequences, batch_size=batch_size, device=device, chunk_items=chunk_items,
+                          logit_sample_k=k, seed=seed)["logit_samples"]

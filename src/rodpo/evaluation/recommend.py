@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from rodpo.devices import resolve_device
+from rodpo.scoring import top_k_items
 from rodpo.training.batching import trim_to_longest
 
 DEFAULT_TOP_N = 20
@@ -40,19 +41,21 @@ def top_n_items(
     exclude: pl.Series | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | torch.device = "auto",
+    chunk_items: int | str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``top_n`` best-scored real items after each right-padded history.
+    """The ``top_n`` best-scored real items after each right-padded history (exact, chunked over the
+    catalog by the scoring core: no (users, n_items) scores).
 
     Args:
-        model: has ``score_next(items, timestamps) -> (B, n_items + 1)`` (column 0 = padding).
+        model: has ``last_states(items, timestamps) -> (B, D)`` and ``scoring_table() -> (n_items + 1, D)``.
         histories, timestamps: (users, seq_len) int64, right-padded with 0.
         exclude: optional list column, one list of item ids per user, never recommended
             (e.g. everything the user already has).
 
     Returns:
-        item ids (users, top_n) int64 and their scores (users, top_n) float32, best first. Where
-        fewer than ``top_n`` items are left (tiny catalogues, long exclusions) the tail holds item 0
-        with score -inf; ``recommendations_table`` drops those.
+        item ids (users, top_n) int64 and their scores (users, top_n) float32, best first (ties: lower
+        item id first). Where fewer than ``top_n`` items are left (tiny catalogues, long exclusions)
+        the tail holds item 0 with score -inf; ``recommendations_table`` drops those.
     """
     if top_n < 1 or batch_size < 1:
         raise ValueError(f"top_n={top_n}, batch_size={batch_size}: both must be >= 1.")
@@ -66,16 +69,11 @@ def top_n_items(
     n_users = len(histories)
     item_ids = np.zeros((n_users, top_n), dtype=np.int64)
     scores = np.full((n_users, top_n), -np.inf, dtype=np.float32)
-    for start, stop, batch_scores in _score_batches(model, histories, timestamps, batch_size, device):
-        batch_scores[:, 0] = float("-inf")  # the padding item is never a recommendation
-        if exclude is not None:
-            rows, items = _flat_pairs(exclude[start:stop])
-            batch_scores[torch.from_numpy(rows).to(device), torch.from_numpy(items).to(device)] = float("-inf")
-        k = min(top_n, batch_scores.shape[1])
-        best_scores, best_items = torch.topk(batch_scores, k, dim=1)  # (B, k), sorted descending
-        best_items[best_scores == float("-inf")] = 0
-        item_ids[start:stop, :k] = best_items.cpu().numpy()
-        scores[start:stop, :k] = best_scores.cpu().numpy()
+    for start, stop, states, table in _state_batches(model, histories, timestamps, batch_size, device):
+        excluded = None if exclude is None else torch.from_numpy(_padded_lists(exclude[start:stop])).to(device)
+        best_scores, best_items = top_k_items(states, table, top_n, exclude_ids=excluded, chunk_items=chunk_items)
+        item_ids[start:stop] = best_items.cpu().numpy()
+        scores[start:stop] = best_scores.cpu().numpy()
     return item_ids, scores
 
 
@@ -145,25 +143,30 @@ def recommendations_table(
     )
 
 
-def _score_batches(model: nn.Module, histories: np.ndarray, timestamps: np.ndarray, batch_size: int,
-                   device: torch.device) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield (start, stop, fp32 scores (B, n_items + 1)) over contiguous user batches, eval mode, no grad."""
+def _state_batches(model: nn.Module, histories: np.ndarray, timestamps: np.ndarray, batch_size: int,
+                   device: torch.device) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """Yield (start, stop, fp32 last states (B, D), item table) over contiguous user batches, eval mode, no grad."""
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
+            table = model.scoring_table().float()
             for start in range(0, len(histories), batch_size):
                 stop = min(start + batch_size, len(histories))
                 items = torch.from_numpy(np.ascontiguousarray(histories[start:stop])).to(device)
                 times = torch.from_numpy(np.ascontiguousarray(timestamps[start:stop])).to(device)
                 items, times = trim_to_longest(items, times)
-                yield start, stop, model.score_next(items, times).float()
+                yield start, stop, model.last_states(items, times).float(), table
     finally:
         model.train(was_training)
 
 
-def _flat_pairs(lists: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """A list column -> (row index, value) pairs of all its elements, as int64 arrays."""
+def _padded_lists(lists: pl.Series) -> np.ndarray:
+    """A list column -> (rows, longest) int64 ids, right-padded with 0 (the scoring core's exclusion ids)."""
     lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
-    values = lists.explode().drop_nulls().cast(pl.Int64).to_numpy(writable=True)  # torch.from_numpy needs writable
-    return np.repeat(np.arange(len(lengths)), lengths), values
+    width = max(int(lengths.max(initial=0)), 1)
+    values = lists.explode().drop_nulls().cast(pl.Int64).to_numpy(writable=True)
+    padded = np.zeros((len(lengths), width), dtype=np.int64)
+    padded[np.repeat(np.arange(len(lengths)), lengths), np.arange(lengths.sum()) - np.repeat(
+        np.cumsum(lengths) - lengths, lengths)] = values
+    return padded

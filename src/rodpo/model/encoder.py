@@ -261,8 +261,13 @@ class RoDPOModel(nn.Module):
         candidates = F.embedding(item_idx, self.scoring_table())  # (N, m, M*d)
         return torch.einsum("nd,nmd->nm", states, candidates.to(states.dtype))
 
-    def score_next(self, item_ids: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
-        """Next-item scores after the last real position of each right-padded history (B, I+1)."""
+    def last_states(self, item_ids: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        """States after the last real position of each right-padded history (B, M*d): what the
+        scoring core ranks the catalog against (rodpo.scoring)."""
         states, _ = self.encode(item_ids, timestamps)
         last = ((item_ids > 0).sum(dim=1) - 1).clamp(min=0)
-        return self.all_item_logits(states[torch.arange(states.shape[0], device=states.device), last])
+        return states[torch.arange(states.shape[0], device=states.device), last]
+
+    def score_next(self, item_ids: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        """Dense next-item scores (B, I+1): the reference the chunked scoring core is tested against."""
+        return self.all_item_logits(self.last_states(item_ids, timestamps))

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rodpo.scoring import draw_from_pool, top_k_items
+
 NEGATIVE_STRATEGIES = ("topk_uniform", "argmax", "random")
 
 
@@ -43,51 +45,59 @@ def implicit_reward_stats(policy_chosen: torch.Tensor, policy_rejected: torch.Te
         }
 
 
-def _pick_nth_valid(candidates: torch.Tensor, valid: torch.Tensor, limit: int,
-                    generator: torch.Generator | None) -> torch.Tensor:
-    """Per row, uniformly pick one of the first `limit` valid entries of `candidates` (N, C)."""
-    n_valid = valid.sum(dim=1).clamp(max=limit)
-    if bool((n_valid == 0).any()):
-        raise ValueError("sample_negatives: a row has no candidate negative left (every item is the positive, "
-                         "padding or excluded); lower k or drop the exclusion mask.")
-    draw = torch.rand(candidates.shape[0], generator=generator, device=candidates.device)
-    nth = (draw * n_valid).long().clamp(max=n_valid - 1)  # (N,) in 0..n_valid-1
-    is_nth = valid & (valid.long().cumsum(dim=1) == (nth + 1).unsqueeze(1))
-    return candidates.gather(1, is_nth.long().argmax(dim=1, keepdim=True)).squeeze(1)
+MAX_REJECTION_ROUNDS = 200
 
 
-def sample_negatives(logits: torch.Tensor, positives: torch.Tensor, strategy: str = "topk_uniform", k: int = 50,
-                     generator: torch.Generator | None = None, exclude: torch.Tensor | None = None) -> torch.Tensor:
-    """One losing item y_l per row of policy scores (N, n_items+1), never the positive nor padding (0).
+def sample_negatives(states: torch.Tensor, table: torch.Tensor, positives: torch.Tensor,
+                     strategy: str = "topk_uniform", k: int = 50, generator: torch.Generator | None = None, *,
+                     exclude_ids: torch.Tensor | None = None, n_negatives: int = 1,
+                     chunk_items: int | str = "auto") -> torch.Tensor:
+    """M = `n_negatives` distinct losing items y_l per row (N, M), never the positive nor padding (0).
 
+    Scores are the policy's s(x, i) = states (N, D) . table[i] (scoring core, chunked: no dense logits).
     topk_uniform: y_l ~ U(TopK({s(x, i) : i != y_w}, K))  (Eq. 4, RoDPO's stochastic top-K);
-    argmax:       the best-scored non-positive item (hard negative ablation);
+    argmax:       the best-scored non-positive item (hard negative ablation; M = 1);
     random:       uniform over all real items except the positive (random ablation).
-    `exclude` (N, n_items+1) bool removes more items from the pool (e.g. the user's history; off
-    in the paper). `generator` must live on the logits' device.
+    `exclude_ids` (N, L) item ids, 0-padded, leave more items out of the pool (the user's history;
+    off in the paper). `generator` must live on the states' device.
     """
     if strategy not in NEGATIVE_STRATEGIES:
         raise ValueError(f"sample_negatives: strategy={strategy!r}, expected one of {NEGATIVE_STRATEGIES}.")
-    logits = logits.detach()
-    positives = positives.view(-1, 1)
-    n_columns = logits.shape[1]
-    if exclude is not None:
-        logits = logits.masked_fill(exclude, float("-inf"))
-
+    positives = positives.view(-1)
     if strategy == "random":
-        if exclude is None:  # shift a draw from n_items - 1 values past the positive: uniform, O(N)
-            draw = torch.randint(1, n_columns - 1, positives.shape, generator=generator, device=logits.device)
-            return (draw + (draw >= positives).long()).squeeze(1)
-        allowed = ~exclude
-        allowed[:, 0] = False
-        allowed.scatter_(1, positives, False)
-        return torch.multinomial(allowed.float(), 1, generator=generator).squeeze(1)
-
+        return _uniform_negatives(positives, table.shape[0] - 1, n_negatives, generator, exclude_ids)
     pool_size = 1 if strategy == "argmax" else k
-    # Two spare slots: the positive and column 0 may both sit in the top; invalid ones are skipped.
-    top_scores, top_items = logits.topk(min(pool_size + 2, n_columns), dim=1)
-    valid = (top_items != positives) & (top_items != 0) & torch.isfinite(top_scores)
-    return _pick_nth_valid(top_items, valid, pool_size, generator)
+    _, pool = top_k_items(states.detach(), table.detach(), pool_size, exclude_targets=positives,
+                          exclude_ids=exclude_ids, chunk_items=chunk_items)  # (N, K), 0 = no item left
+    if strategy == "argmax":
+        if bool((pool[:, 0] == 0).any()):
+            raise ValueError("sample_negatives: a row has no candidate negative left (every item is the positive, "
+                             "padding or excluded); drop rodpo.dpo.exclude_history.")
+        return pool[:, :1]
+    return draw_from_pool(pool, pool > 0, n_negatives, generator)
+
+
+def _uniform_negatives(positives: torch.Tensor, n_items: int, m: int, generator: torch.Generator | None,
+                       exclude_ids: torch.Tensor | None) -> torch.Tensor:
+    """(N, m) distinct items uniform over 1..n_items minus the positive (and `exclude_ids`), by
+    rejection: slots that hit a forbidden item or repeat an earlier slot are drawn again."""
+    forbidden = positives.view(-1, 1)
+    if exclude_ids is not None:
+        forbidden = torch.cat([forbidden, exclude_ids.to(positives.device)], dim=1)
+    shape = (positives.shape[0], m)
+    draws = torch.randint(1, n_items + 1, shape, generator=generator, device=positives.device)
+    for _ in range(MAX_REJECTION_ROUNDS):
+        clash = (draws[:, :, None] == forbidden[:, None, :]).any(dim=2)
+        repeated = (draws[:, :, None] == draws[:, None, :]).tril(diagonal=-1).any(dim=2)  # an earlier slot has it
+        redraw = clash | repeated
+        if not bool(redraw.any()):
+            return draws
+        fresh = torch.randint(1, n_items + 1, shape, generator=generator, device=positives.device)
+        draws = torch.where(redraw, fresh, draws)
+    raise ValueError(f"sample_negatives: could not draw {m} distinct random negatives per row in "
+                     f"{MAX_REJECTION_ROUNDS} rounds; the catalog of {n_items} items is too small once the positive "
+                     "and the excluded history are left out. Lower rodpo.dpo.n_negatives or drop "
+                     "rodpo.dpo.exclude_history.")
 
 
 def frozen_reference(policy: nn.Module) -> nn.Module:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rodpo.scoring import draw_from_pool  # noqa: F401 - the pool draw lives in the scoring core
 from rodpo.training.dpo import NEGATIVE_STRATEGIES, dpo_loss
 
 REFERENCE_FREE = {"simpo", "bpr"}
@@ -163,26 +164,3 @@ def validate_objective_config(objective: str, n_negatives: int, k: int, strategy
                              f"pool of {pool_size}; {fix}.")
 
 
-def draw_from_pool(pool_items: torch.Tensor, valid: torch.Tensor, m: int,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """(N, m) distinct items per row, uniformly without replacement from the row's valid pool entries.
-
-    The top-m of i.i.d. uniform keys is a uniform random m-subset (Gumbel-top-m with equal weights);
-    invalid entries (the positive, padding, excluded history) get key -inf and are never drawn.
-    `pool_items` (N, K) int64, `valid` (N, K) bool; `generator` must live on their device.
-    """
-    if pool_items.dim() != 2 or valid.shape != pool_items.shape or valid.dtype != torch.bool:
-        raise ValueError(f"draw_from_pool: expected pool_items (N, K) and a bool valid mask of the same shape, got "
-                         f"{tuple(pool_items.shape)} and {valid.dtype} {tuple(valid.shape)}.")
-    if m < 1:
-        raise ValueError(f"draw_from_pool: m={m}; rodpo.dpo.n_negatives must be >= 1.")
-    n_valid = valid.sum(dim=1)  # (N,)
-    short = n_valid < m
-    if bool(short.any()):
-        raise ValueError(f"draw_from_pool: {int(short.sum())} row(s) have fewer than m={m} valid pool items "
-                         f"(fewest: {int(n_valid.min())}); lower rodpo.dpo.n_negatives, raise rodpo.dpo.k, or set "
-                         "rodpo.dpo.exclude_history=false.")
-    keys = torch.rand(pool_items.shape, generator=generator, device=pool_items.device)
-    keys = keys.masked_fill(~valid, float("-inf"))
-    picked = keys.topk(m, dim=1).indices  # (N, m) positions in the pool
-    return pool_items.gather(1, picked)

@@ -8,7 +8,7 @@ import matplotlib.figure
 import numpy as np
 import polars as pl
 
-from rodpo.evaluation.evaluate import collect_logit_samples, evaluate_model
+from rodpo.evaluation.evaluate import evaluate_model
 from rodpo.evaluation.reports import comparison_table_markdown, logit_distribution_figure, metrics_markdown
 from rodpo.lineage import check_catalog
 from rodpo.model.encoder import RoDPOModel
@@ -24,6 +24,7 @@ class EvaluationParams:
     device: str = "auto"
     logit_sample_k: int = 50     # top-K pool of the Figure 4 negatives
     seed: int = 0
+    score_chunk_items: int | str = "auto"  # items per scoring chunk (exact ranks for any value)
 
 
 def evaluate_recommender(
@@ -41,11 +42,11 @@ def evaluate_recommender(
     model = attach_item_features(model, item_text_features, item_image_features, item_image_mask)
     data = build_sequence_data(sequence_splits, model.config.max_seq_len, n_items=model.config.n_items)
     options = dict(ks=evaluation.ks, batch_size=evaluation.batch_size, device=evaluation.device,
-                   mask_history=evaluation.mask_history)
+                   mask_history=evaluation.mask_history, chunk_items=evaluation.score_chunk_items)
     valid = evaluate_model(model, data.valid, **options)
-    test = evaluate_model(model, data.test, **options)
-    samples = collect_logit_samples(model, data.test, k=evaluation.logit_sample_k, seed=evaluation.seed,
-                                    batch_size=evaluation.batch_size, device=evaluation.device)
+    test = evaluate_model(model, data.test, **options, logit_sample_k=evaluation.logit_sample_k,
+                          seed=evaluation.seed)  # ranks and Figure 4's samples from one pass
+    samples = test["logit_samples"]
     metrics = {
         "valid": valid["metrics"],
         "test": test["metrics"],

@@ -1,0 +1,125 @@
+"""Settings of one training stage (warm-up or DPO), typed for Kedro's parameter validation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rodpo.training.dpo import NEGATIVE_STRATEGIES
+from rodpo.training.objectives import OBJECTIVES, REFERENCE_FREE, validate_objective_config
+
+STAGES = ("warmup", "dpo")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+REFERENCES = ("model", "cached_states")
+VALID_KS = (5, 10, 20)
+DEFAULT_EVAL_BATCH_SIZE = 2048
+# Fields that change neither the optimisation trajectory nor the result of an epoch beyond float
+# rounding: a rerun that only changes these resumes the same run (e.g. more epochs after an
+# interruption, another chunk size).
+_NOT_IN_RUN_KEY = ("epochs", "patience", "device", "eval_batch_size", "checkpoint_dir", "progress_bar",
+                   "score_chunk_items", "dist_timeout_s")
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """Stage-2 settings (paper §3.4 and §4.1)."""
+
+    beta: float = 1.0
+    k: int = 50
+    # Not given in the paper. On amazon-beauty (ID-only warm-up, 5 DPO epochs) valid NDCG@10 was
+    # 0.0489 / 0.0490 / 0.0502 / 0.0504 for lambda = 0 / 0.1 / 0.5 / 1.0: 1.0 chosen on validation.
+    lambda_dpo: float = 1.0
+    negative_strategy: str = "topk_uniform"
+    exclude_history: bool = False  # drop the sequence's own items from the negative pool (off in the paper)
+    # False (TRL's default): no dropout / router noise in the policy during stage 2, so pi_theta == pi_ref
+    # at the start and L_DPO starts at ln 2. With dropout on (amazon-beauty, lambda 1.0) L_DPO sat near 1.8
+    # and reward accuracy near 0.25 (noise-dominated margins) for the same valid NDCG@10 (0.0504 both).
+    policy_dropout_in_dpo: bool = False
+    objective: str = "dpo"      # dpo (Eq. 5) | sdpo (softmax over M losers) | simpo | bpr (reference-free)
+    n_negatives: int = 1        # M losers per pair, drawn without replacement from the same pool
+    gamma: float = 0.0          # SimPO's target margin
+    # model: a frozen copy of pi_sft scores (y_w, y_l) every step; cached_states: its sequence states
+    # at every training target and its item table are computed once, and the copy is dropped.
+    reference: str = "model"
+
+    def __post_init__(self) -> None:
+        if self.negative_strategy not in NEGATIVE_STRATEGIES:
+            raise ValueError(f"rodpo.dpo.negative_strategy={self.negative_strategy!r}: expected one of "
+                             f"{NEGATIVE_STRATEGIES}.")
+        if self.k < 1:
+            raise ValueError(f"rodpo.dpo.k={self.k}: the top-K pool needs at least one item.")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"rodpo.dpo.reference={self.reference!r}: expected one of {REFERENCES}.")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"rodpo.dpo.objective={self.objective!r}: expected one of {sorted(OBJECTIVES)}.")
+        validate_objective_config(self.objective, self.n_negatives, self.k, self.negative_strategy,
+                                  beta=self.beta, gamma=self.gamma)
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.objective not in REFERENCE_FREE
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training stage. `batch_size` counts sequences (all their positions are targets)."""
+
+    stage: str = "warmup"
+    # Upper bound; early stopping ends the run. ID-only warm-up on amazon-beauty peaked at epoch 16
+    # (the paper's 15 is close); the DPO stage is usually given a handful of epochs.
+    epochs: int = 50
+    batch_size: int = 256  # the global batch: shared out over the ranks of a distributed run
+    # Length-sorted groups each batch is encoded in (exact; less padding). 1 = one padded call.
+    encoder_chunks: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0  # a safety net only (RecBole does not clip); 0 disables
+    seed: int = 2020
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA (fp16 if bf16 is unsupported), fp32 elsewhere
+    patience: int = 10  # evaluations without a new best (>=) before stopping; RecBole uses 10
+    eval_every: int = 1
+    eval_batch_size: int = DEFAULT_EVAL_BATCH_SIZE
+    valid_metric: str = "ndcg@10"
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    checkpoint_dir: str | None = None
+    progress_bar: bool = True
+    # Items per scoring chunk (full-catalog CE, top-K pools, ranks): "auto" sizes it from memory.
+    score_chunk_items: int | str = "auto"
+    # Processes on this machine (one per GPU with NCCL, gloo on CPU); under torchrun leave it at 1.
+    world_size: int = 1
+    dist_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dpo, dict):
+            object.__setattr__(self, "dpo", DPOConfig(**self.dpo))
+        if self.stage not in STAGES:
+            raise ValueError(f"TrainConfig.stage={self.stage!r}: expected one of {STAGES}.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision={self.precision!r}: expected one of {PRECISIONS}.")
+        valid_metrics = {f"{name}@{k}" for name in ("ndcg", "mrr", "hit") for k in VALID_KS}
+        if self.valid_metric not in valid_metrics:
+            raise ValueError(f"TrainConfig.valid_metric={self.valid_metric!r}: expected one of {sorted(valid_metrics)}.")
+        positive = (self.batch_size, self.encoder_chunks, self.eval_every, self.patience)
+        if self.epochs < 0 or min(positive) < 1:
+            raise ValueError(f"TrainConfig: need epochs={self.epochs} >= 0 and batch_size, encoder_chunks, "
+                             f"eval_every, patience = {positive} all >= 1.")
+        chunk = self.score_chunk_items
+        if chunk != "auto" and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise ValueError(f"{self.stage}.score_chunk_items={chunk!r}: use 'auto' or a positive number of items.")
+        if isinstance(self.world_size, bool) or not isinstance(self.world_size, int) or self.world_size < 1:
+            raise ValueError(f"{self.stage}.world_size={self.world_size!r}: use a positive integer (1 = one process).")
+        if self.batch_size < self.world_size:
+            raise ValueError(f"{self.stage}.batch_size={self.batch_size} < world_size={self.world_size}: every "
+                             "rank needs at least one sequence per step.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def run_key_fields(self) -> dict[str, Any]:
+        values = self.to_dict()
+        for name in _NOT_IN_RUN_KEY:
+            values.pop(name)
+        if self.stage == "warmup":
+            values.pop("dpo")
+        return values

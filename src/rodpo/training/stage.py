@@ -1,0 +1,317 @@
+"""One training stage's state and steps: the policy (DDP-wrapped in a distributed run), the frozen
+reference, the optimizer, the random streams, one step's losses and one epoch.
+
+warmup: L = L_CE (+ moe_aux_weight * L_aux)                      -> pi_sft
+dpo:    L = L_CE + lambda * L_pref (+ moe_aux_weight * L_aux)    (Eq. 6), policy <- pi_sft,
+        reference = frozen pi_sft, y_l from the policy's own scores (Eq. 4).
+Each step encodes every sequence once and supervises all its positions: states are gathered at
+the real target positions, and every score goes through the chunked scoring core (rodpo.scoring),
+so no (N, n_items) logits exist. The reference only scores (y_w, y_l) per position.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from rodpo.devices import resolve_device
+from rodpo.distributed import SINGLE_PROCESS, DistributedContext, all_gather_rows, all_reduce_sum, rank_device
+from rodpo.evaluation.evaluate import evaluate_model
+from rodpo.model.moe import SparseNoisyMoE
+from rodpo.scoring import chunked_cross_entropy
+from rodpo.training.batching import SequenceData, trim_to_longest
+from rodpo.training.checkpoints import BEST_WEIGHTS
+from rodpo.training.config import VALID_KS, TrainConfig
+from rodpo.training.dpo import frozen_reference, implicit_reward_stats, sample_negatives
+from rodpo.training.objectives import preference_loss
+
+logger = logging.getLogger("rodpo.training")
+RANK_SEED_STRIDE = 1_000_003  # per-rank random streams: seed + stride * rank
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """None = plain fp32."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _set_policy_mode(policy: nn.Module, stochastic: bool) -> None:
+    """Training mode; with stochastic=False dropout and MoE router noise are switched off."""
+    policy.train()
+    if not stochastic:
+        for module in policy.modules():
+            if isinstance(module, (nn.Dropout, SparseNoisyMoE)):
+                module.eval()
+
+
+def encode_targets(model: nn.Module, inputs: torch.Tensor, input_times: torch.Tensor, is_target: torch.Tensor,
+                   encoder_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """States at the target positions (N, M*d), in row-major order of a length-sorted batch.
+
+    The rows are encoded in `encoder_chunks` contiguous groups, each cut to its own longest
+    sequence: the same result as one padded call (attention is causal and masks padding), with far
+    fewer padding positions. The MoE aux loss is averaged over the groups.
+    """
+    states, aux_losses = [], []
+    for rows in torch.arange(inputs.shape[0], device=inputs.device).chunk(encoder_chunks):
+        chunk_targets, chunk_inputs, chunk_times = trim_to_longest(is_target[rows], inputs[rows], input_times[rows])
+        chunk_states, aux_loss = model.encode(chunk_inputs, chunk_times)
+        states.append(chunk_states[chunk_targets])
+        aux_losses.append(aux_loss)
+    return torch.cat(states), torch.stack(aux_losses).mean()
+
+
+class PolicyForward(nn.Module):
+    """The policy's whole differentiable part of a step as one forward(): target states, MoE aux
+    loss and the item table. DistributedDataParallel synchronises gradients only through forward()."""
+
+    def __init__(self, policy: nn.Module, encoder_chunks: int) -> None:
+        super().__init__()
+        self.policy = policy
+        self.encoder_chunks = encoder_chunks
+
+    def forward(self, inputs: torch.Tensor, input_times: torch.Tensor,
+                is_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        states, aux_loss = encode_targets(self.policy, inputs, input_times, is_target, self.encoder_chunks)
+        return states, aux_loss, self.policy.scoring_table()
+
+
+class ReferenceScorer:
+    """s_ref(x, y) for the pairs of a step. mode "model": a frozen copy of pi_sft encodes each batch;
+    mode "cached_states": pi_sft's states at every training target are computed once (the reference
+    never changes) and the copy is dropped. The reference's item table is computed once either way."""
+
+    def __init__(self, sft: nn.Module, data_items: torch.Tensor, data_times: torch.Tensor, mode: str,
+                 encoder_chunks: int, autocast) -> None:
+        self.mode, self.encoder_chunks, self.autocast = mode, encoder_chunks, autocast
+        self.model = frozen_reference(sft).to(data_items.device)
+        with torch.no_grad(), autocast():
+            self.table = self.model.scoring_table().detach()  # (I+1, D)
+        self.cached = None
+        if mode == "cached_states":
+            self.cached, self.offsets = self._all_target_states(data_items, data_times)
+            self.model = None  # the states are all a step needs
+
+    def _all_target_states(self, items: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """States at each window's targets, concatenated in window order; offsets (W,) into them."""
+        n_targets = ((items > 0).sum(dim=1) - 1).clamp(min=0)
+        offsets = torch.cumsum(n_targets, 0) - n_targets
+        parts = []
+        with torch.no_grad(), self.autocast():
+            for start in range(0, items.shape[0], 1024):
+                window_items, window_times = items[start:start + 1024], times[start:start + 1024]
+                is_target = window_items[:, 1:] > 0
+                states, _ = encode_targets(self.model, window_items[:, :-1], window_times[:, :-1], is_target,
+                                           self.encoder_chunks)
+                parts.append(states.detach())
+        return torch.cat(parts), offsets
+
+    def scores(self, rows: torch.Tensor, inputs: torch.Tensor, input_times: torch.Tensor, is_target: torch.Tensor,
+               pairs: torch.Tensor) -> torch.Tensor:
+        """(N, 1 + M) reference scores of (y_w, y_l...) for windows `rows` (in the batch's order)."""
+        if self.cached is not None:
+            positions = torch.arange(is_target.shape[1], device=rows.device)
+            states = self.cached[(self.offsets[rows][:, None] + positions[None, :])[is_target]]
+        else:
+            with torch.no_grad(), self.autocast():
+                states, _ = encode_targets(self.model, inputs, input_times, is_target, self.encoder_chunks)
+        return torch.einsum("nd,nmd->nm", states.float(), F.embedding(pairs, self.table).float())
+
+
+class Stage:
+    """State of one training run on one rank: policy, optional reference, optimizer and RNGs."""
+
+    def __init__(self, model: nn.Module, data: SequenceData, config: TrainConfig,
+                 reference_model: nn.Module | None, context: DistributedContext = SINGLE_PROCESS) -> None:
+        self.config, self.data, self.context = config, data, context
+        self.device = resolve_device(rank_device(config.device, context))
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)
+        self.autocast_dtype = _autocast_dtype(config.precision, self.device)
+        self.is_dpo = config.stage == "dpo"
+        torch.manual_seed(config.seed + RANK_SEED_STRIDE * context.rank)  # dropout: its own stream per rank
+        shared_buffers = {id(buffer): buffer for buffer in model.buffers()}
+        self.policy = copy.deepcopy(model, memo=shared_buffers).to(self.device)  # the caller's model is untouched
+        self.forward = PolicyForward(self.policy, config.encoder_chunks)
+        if context.enabled:
+            sparse_moe = getattr(getattr(model, "config", None), "moe_mode", None) == "sparse"
+            self.forward = DistributedDataParallel(
+                self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=sparse_moe)  # experts a batch does not route to get no gradient
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
+        self.shuffle_generator = torch.Generator().manual_seed(config.seed)  # the same on every rank
+        self.sample_generator = torch.Generator(device=self.device).manual_seed(
+            config.seed + 1 + RANK_SEED_STRIDE * context.rank)
+        self.train_items = torch.from_numpy(data.train.items).to(self.device)
+        self.train_timestamps = torch.from_numpy(data.train.timestamps).to(self.device)
+        self.aux_weight = getattr(getattr(model, "config", None), "moe_aux_weight", 0.0)
+        self.reference = None
+        if self.is_dpo and config.dpo.uses_reference:
+            sft = reference_model if reference_model is not None else model
+            self.reference = ReferenceScorer(sft, self.train_items, self.train_timestamps, config.dpo.reference,
+                                             config.encoder_chunks, self.autocast)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
+
+    # ------------------------------------------------------------------ random streams
+    def rng_state(self) -> dict[str, Any]:
+        """This rank's streams; in a distributed run every rank's, gathered (rank 0 writes them)."""
+        state = {"shuffle": self.shuffle_generator.get_state(), "torch": torch.get_rng_state(),
+                 "sample": self.sample_generator.get_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        per_rank = {name: [part.cpu() for part in all_gather_rows(value.to(self._collective_device), self.context)]
+                    for name, value in state.items()}
+        return {"device_type": self.device.type, "world_size": self.context.world_size, "ranks": per_rank}
+
+    @property
+    def _collective_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    def set_rng_state(self, saved: dict[str, Any]) -> None:
+        if "ranks" not in saved:  # a single-process checkpoint of an older layout
+            saved = {"device_type": saved["device_type"], "ranks": {
+                name: [value] for name, value in saved.items() if name != "device_type"}}
+        mine = {name: values[self.context.rank] for name, values in saved["ranks"].items()}
+        self.shuffle_generator.set_state(mine["shuffle"])
+        torch.set_rng_state(mine["torch"])
+        if saved["device_type"] != self.device.type:  # device RNG states do not transfer between devices
+            logger.warning("resuming on %s a run saved on %s: device random streams restart from the seed.",
+                           self.device.type, saved["device_type"])
+            return
+        self.sample_generator.set_state(mine["sample"])
+        if "cuda" in mine:
+            torch.cuda.set_rng_state(mine["cuda"], self.device)
+
+    # ------------------------------------------------------------------ one step
+    def step_losses(self, items: torch.Tensor, timestamps: torch.Tensor,
+                    rows: torch.Tensor | None = None, loss_scale: float | None = None) -> dict[str, torch.Tensor]:
+        """Losses of one batch of right-padded windows (B, max_seq_len + 1) (`rows`: their indices in
+        the training windows): per-target means, TRL's reward statistics as sums. The optimised
+        "loss" scales per-target sums by `loss_scale`: 1 / targets in the step, or, in a
+        distributed run, world size / targets in the global step (DDP averages the gradients)."""
+        rows = torch.arange(items.shape[0], device=items.device) if rows is None else rows
+        by_length = (items > 0).sum(dim=1).argsort()
+        items, timestamps, rows = items[by_length], timestamps[by_length], rows[by_length]
+        inputs, targets, input_times = items[:, :-1], items[:, 1:], timestamps[:, :-1]
+        is_target = targets > 0
+        positive_item = targets[is_target]  # y_w, (N,)
+        scale = loss_scale if loss_scale is not None else 1.0 / max(positive_item.numel(), 1)
+        with self.autocast():
+            target_states, aux_loss, table = self.forward(inputs, input_times, is_target)
+        chunk = self.config.score_chunk_items
+        ce_rows = chunked_cross_entropy(target_states, table, positive_item, chunk_items=chunk, reduction="none")
+        n_targets = max(positive_item.numel(), 1)
+        losses = {"ce_loss": ce_rows.detach().mean(), "aux_loss": aux_loss.detach(), "n_targets": positive_item.numel()}
+        loss = ce_rows.sum() * scale + self.aux_weight * aux_loss
+        if self.is_dpo:
+            preference, stats = self._preference_losses(items, is_target, target_states, table, positive_item,
+                                                        rows, inputs, input_times)
+            losses.update(stats)
+            losses["dpo_loss"] = preference.detach().mean()
+            losses["score_margin"] = losses["score_margin"] / n_targets
+            loss = loss + self.config.dpo.lambda_dpo * preference.sum() * scale  # Eq. (6)
+        losses["loss"] = loss
+        return losses
+
+    def _preference_losses(self, items, is_target, target_states, table, positive_item, rows, inputs, input_times):
+        """Per-target preference losses (N,) and their diagnostics (sums over targets)."""
+        dpo = self.config.dpo
+        exclude_ids = None
+        if dpo.exclude_history:
+            sequence_of_target = torch.arange(items.shape[0], device=items.device)[:, None].expand_as(is_target)
+            exclude_ids = items[sequence_of_target[is_target]]  # (N, L + 1): the window's items
+        sampled_negative = sample_negatives(target_states, table, positive_item, dpo.negative_strategy, dpo.k,
+                                            self.sample_generator, exclude_ids=exclude_ids,
+                                            n_negatives=dpo.n_negatives,
+                                            chunk_items=self.config.score_chunk_items)  # (N, M)
+        pairs = torch.cat([positive_item[:, None], sampled_negative], dim=1)  # (N, 1 + M): y_w, y_l...
+        policy_scores = torch.einsum("nd,nmd->nm", target_states.float(), F.embedding(pairs, table).float())
+        reference_scores = (self.reference.scores(rows, inputs, input_times, is_target, pairs)
+                            if self.reference is not None else None)
+        chosen, rejected = policy_scores[:, 0], policy_scores[:, 1:]
+        preference = preference_loss(
+            dpo.objective, chosen, rejected,
+            None if reference_scores is None else reference_scores[:, 0],
+            None if reference_scores is None else reference_scores[:, 1:], beta=dpo.beta, gamma=dpo.gamma)
+        stats = {"score_margin": (chosen[:, None] - rejected).mean(dim=1).detach().sum()}
+        if reference_scores is not None:
+            stats.update(implicit_reward_stats(chosen, rejected.mean(dim=1), reference_scores[:, 0],
+                                               reference_scores[:, 1:].mean(dim=1), dpo.beta))
+        return preference, stats
+
+    def check_finite(self, losses: dict[str, torch.Tensor], epoch: int, step: int, run_dir: Path | None) -> None:
+        value = float(losses["loss"].detach())
+        if math.isfinite(value):
+            return
+        n = max(int(losses["n_targets"]), 1)
+        parts = ", ".join(f"{name}={float(losses[name].detach()) / n:.4g}"
+                          for name in ("ce_loss", "dpo_loss", "aux_loss") if name in losses)
+        has_best = run_dir is not None and (run_dir / BEST_WEIGHTS).exists()
+        kept = f"; the best checkpoint in {run_dir} was not overwritten" if has_best else "; nothing was saved"
+        raise FloatingPointError(
+            f"{self.config.stage} stage, epoch {epoch}, step {step}: loss is {value} ({parts}). Likely causes: "
+            f"learning rate too high (lr={self.config.lr}; try 10x lower), half-precision overflow "
+            f"(precision={self.config.precision}; try 'fp32'), or NaN/inf in the item features{kept}."
+        )
+
+    # ------------------------------------------------------------------ one epoch
+    def train_epoch(self, epoch: int, run_dir: Path | None) -> dict[str, float]:
+        """One pass over the windows in a seeded permutation (the same on every rank); each global
+        batch is split over the ranks, and every loss is a mean over the global batch's targets."""
+        _set_policy_mode(self.policy, stochastic=not self.is_dpo or self.config.dpo.policy_dropout_in_dpo)
+        n_windows = self.train_items.shape[0]
+        order = torch.randperm(n_windows, generator=self.shuffle_generator).to(self.device)
+        batch_starts = range(0, n_windows, self.config.batch_size)
+        totals: dict[str, torch.Tensor] = {}  # summed on the device: no host sync per step
+        n_total = torch.zeros((), device=self.device)
+        progress = tqdm(batch_starts, desc=f"{self.config.stage} epoch {epoch}", leave=False,
+                        disable=not self.config.progress_bar or not self.context.is_writer)
+        world, rank = self.context.world_size, self.context.rank
+        for step, start in enumerate(progress, start=1):
+            global_rows = order[start:start + self.config.batch_size]
+            rows = global_rows.chunk(world)[rank] if world > 1 else global_rows
+            loss_scale = None
+            if world > 1:
+                step_targets = ((self.train_items[global_rows] > 0).sum() - global_rows.numel()).clamp(min=1)
+                loss_scale = world / float(step_targets)  # DDP averages gradients over the ranks
+            losses = self.step_losses(self.train_items[rows], self.train_timestamps[rows], rows, loss_scale)
+            self.check_finite(losses, epoch, step, run_dir)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(losses["loss"]).backward()
+            if self.config.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            n_targets = losses.pop("n_targets")
+            n_total += n_targets
+            losses.pop("loss")
+            for name, value in losses.items():  # means are weighted by targets, reward sums are already sums
+                weight = 1.0 if name.startswith("rewards_") else n_targets
+                totals[name] = totals.get(name, 0.0) + value.detach().float() * weight
+        names = sorted(totals)
+        summed = torch.stack([torch.as_tensor(totals[name], device=self.device) for name in names] + [n_total])
+        summed = all_reduce_sum(summed.to(self._collective_device), self.context)
+        return {name: float(value) / max(float(summed[-1]), 1.0) for name, value in zip(names, summed[:-1])}
+
+    def validate(self) -> dict[str, float]:
+        result = evaluate_model(self.policy, self.data.valid, ks=VALID_KS, batch_size=self.config.eval_batch_size,
+                                device=self.device, chunk_items=self.config.score_chunk_items, context=self.context)
+        return result["metrics"]
+
