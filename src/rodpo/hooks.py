@@ -30,6 +30,7 @@ import mlflow
 import omegaconf
 from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
+from kedro.io import MemoryDataset
 from kedro_mlflow.config.resolvers import resolve_random_name
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 from mlflow.entities import RunStatus
@@ -195,3 +196,17 @@ def mark_dead_runs_killed(client: MlflowClient) -> list[str]:
 def _owner_is_gone(tags: dict[str, str], host: str) -> bool:
     return processes.process_is_gone({"host": tags.get(HOST_TAG, ""), "pid_namespace": tags.get(PID_NAMESPACE_TAG, ""),
                                       "pid": tags.get(PID_TAG, ""), "start": tags.get(PROCESS_START_TAG, "")})
+
+
+class NonWriterRankHook:
+    """Under torchrun every rank runs the same `kedro run`; ranks other than 0 must write nothing.
+
+    Registered instead of the tracking and run-journal hooks on those ranks (settings.py): their
+    pipeline outputs go to memory, so the training node still runs its collective part and returns,
+    while rank 0 alone saves catalog outputs, checkpoints and its one MLflow run.
+    """
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        for name in pipeline.all_outputs():
+            catalog[name] = MemoryDataset()

@@ -12,7 +12,8 @@ by itself. ``TransactionalRunHook`` removes the dataset versions of a failed or 
 import warnings
 
 from rodpo.config import MergedParametersConfigLoader
-from rodpo.hooks import TrackingHook
+from rodpo.distributed import environment_rank
+from rodpo.hooks import NonWriterRankHook, TrackingHook
 from rodpo.transactions import TransactionalRunHook
 
 # Two warnings of Kedro 1.7 itself, not of this project: its OmegaConfigLoader registers resolvers with
@@ -28,5 +29,6 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft"},
 }
 
-HOOKS = (TransactionalRunHook(), TrackingHook())
+# Under torchrun only rank 0 journals, tracks and writes; the other ranks keep their outputs in memory.
+HOOKS = (TransactionalRunHook(), TrackingHook()) if environment_rank() == 0 else (NonWriterRankHook(),)
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)

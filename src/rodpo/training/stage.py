@@ -15,6 +15,7 @@ import copy
 import logging
 import math
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,6 +36,9 @@ from rodpo.training.dpo import frozen_reference, implicit_reward_stats, sample_n
 from rodpo.training.objectives import preference_loss
 
 logger = logging.getLogger("rodpo.training")
+# Called once per DPO step with the sampled pairs: users (N,), the item before each target (N,),
+# the chosen y_w (N,) and the losers y_l (N, M).
+PairMonitor = Callable[..., None]
 RANK_SEED_STRIDE = 1_000_003  # per-rank random streams: seed + stride * rank
 
 
@@ -134,8 +138,9 @@ class Stage:
     """State of one training run on one rank: policy, optional reference, optimizer and RNGs."""
 
     def __init__(self, model: nn.Module, data: SequenceData, config: TrainConfig,
-                 reference_model: nn.Module | None, context: DistributedContext = SINGLE_PROCESS) -> None:
-        self.config, self.data, self.context = config, data, context
+                 reference_model: nn.Module | None, context: DistributedContext = SINGLE_PROCESS,
+                 pair_monitor: PairMonitor | None = None) -> None:
+        self.config, self.data, self.context, self.pair_monitor = config, data, context, pair_monitor
         self.device = resolve_device(rank_device(config.device, context))
         if self.device.type == "cuda" and self.device.index is not None:
             torch.cuda.set_device(self.device)
@@ -244,6 +249,10 @@ class Stage:
         policy_scores = torch.einsum("nd,nmd->nm", target_states.float(), F.embedding(pairs, table).float())
         reference_scores = (self.reference.scores(rows, inputs, input_times, is_target, pairs)
                             if self.reference is not None else None)
+        if self.pair_monitor is not None:  # e.g. false negatives against a known ground truth
+            window_of_target = rows[:, None].expand_as(is_target)[is_target]
+            self.pair_monitor(users=torch.from_numpy(self.data.train.user_ids).to(rows.device)[window_of_target],
+                              last_items=inputs[is_target], chosen=positive_item, losers=sampled_negative)
         chosen, rejected = policy_scores[:, 0], policy_scores[:, 1:]
         preference = preference_loss(
             dpo.objective, chosen, rejected,
@@ -301,7 +310,9 @@ class Stage:
             self.scaler.update()
             n_targets = losses.pop("n_targets")
             n_total += n_targets
-            losses.pop("loss")
+            losses.pop("loss")  # this rank's share of the optimised loss; the logged one is recomposed:
+            losses["loss"] = (losses["ce_loss"] + self.aux_weight * losses["aux_loss"]
+                              + (self.config.dpo.lambda_dpo * losses["dpo_loss"] if self.is_dpo else 0.0))
             for name, value in losses.items():  # means are weighted by targets, reward sums are already sums
                 weight = 1.0 if name.startswith("rewards_") else n_targets
                 totals[name] = totals.get(name, 0.0) + value.detach().float() * weight

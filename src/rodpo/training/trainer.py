@@ -34,7 +34,7 @@ from rodpo.lineage import features_fingerprint
 from rodpo.training.batching import SequenceData
 from rodpo.training.checkpoints import RunCheckpoint, run_key, state_fingerprint, weights_copy
 from rodpo.training.config import DPOConfig, TrainConfig  # noqa: F401 - the trainer's public settings
-from rodpo.training.stage import Stage, _set_policy_mode  # noqa: F401 - tests reach the stage through here
+from rodpo.training.stage import PairMonitor, Stage, _set_policy_mode  # noqa: F401 - tests reach the stage through here
 
 logger = logging.getLogger("rodpo.training")
 _Stage = Stage  # the name tests and benchmarks used before the stage had its own module
@@ -63,15 +63,20 @@ def _log_epoch(entry: dict[str, Any]) -> None:
     logger.info("%s epoch %d: %s", entry["stage"], entry["epoch"], text)
 
 
-def train(model: nn.Module, data: SequenceData, config: TrainConfig,
-          reference_model: nn.Module | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
+def train(model: nn.Module, data: SequenceData, config: TrainConfig, reference_model: nn.Module | None = None,
+          pair_monitor: PairMonitor | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Train one stage and return (best model on validation, in eval mode; per-epoch history).
 
     `model` (with item features attached) is not modified: warm-up starts from its weights, DPO
     uses it as pi_sft for both the policy start and the frozen reference (unless
     `reference_model` is given). With `config.checkpoint_dir`, the run resumes from its last epoch
-    and a finished run returns its best model without training.
+    and a finished run returns its best model without training. `pair_monitor` sees every DPO
+    step's sampled pairs (single process only).
     """
+    if pair_monitor is not None and (config.world_size > 1 or launched_by_torchrun()):
+        raise ValueError("train: pair_monitor works in a single process only; set world_size=1.")
+    if pair_monitor is not None:
+        return train_on_rank(SINGLE_PROCESS, model, data, config, reference_model, pair_monitor)
     if launched_by_torchrun():
         if config.world_size != 1:
             raise ValueError(f"{config.stage}.world_size={config.world_size} under torchrun: leave it at 1, "
@@ -84,9 +89,10 @@ def train(model: nn.Module, data: SequenceData, config: TrainConfig,
 
 
 def train_on_rank(context: DistributedContext, model: nn.Module, data: SequenceData, config: TrainConfig,
-                  reference_model: nn.Module | None = None) -> tuple[nn.Module, list[dict[str, Any]]] | None:
+                  reference_model: nn.Module | None = None,
+                  pair_monitor: PairMonitor | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
     """The training loop of one rank (the whole run when `context` is the single process)."""
-    stage = Stage(model, data, config, reference_model, context)
+    stage = Stage(model, data, config, reference_model, context, pair_monitor)
     policy, valid_metric = stage.policy, config.valid_metric
     run_dir = run_directory(model, data, config)
     checkpoint = RunCheckpoint(run_dir) if run_dir is not None else None
@@ -103,7 +109,7 @@ def train_on_rank(context: DistributedContext, model: nn.Module, data: SequenceD
             logger.info("%s: finished run found in %s (best epoch %d), not training again.",
                         config.stage, run_dir, best_info["epoch"])
             checkpoint.load_weights(policy, "best")
-            return (policy.eval(), history) if context.is_writer else None
+            return policy.eval(), history
         checkpoint.load_weights(policy, "last")
         stage.optimizer.load_state_dict(state["optimizer"])
         stage.set_rng_state(state["rng"])
@@ -162,7 +168,7 @@ def train_on_rank(context: DistributedContext, model: nn.Module, data: SequenceD
         writer.mark_done({"best_epoch": best["epoch"], "best_metric": best["metric"], "epochs_run": epoch,
                           "stopped_early": stopped_early, "world_size": context.world_size})
     barrier(context)
-    return (policy.eval(), history) if context.is_writer else None
+    return policy.eval(), history  # every rank holds the same weights; only rank 0 wrote them
 
 
 __all__ = ["DPOConfig", "TrainConfig", "SINGLE_PROCESS", "item_features_fingerprint", "run_directory", "train",
