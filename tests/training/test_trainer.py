@@ -119,3 +119,37 @@ def test_length_sorted_encoder_chunks_give_the_same_losses(planted_data, make_mo
         stage.policy.eval()  # no dropout: both calls are deterministic
         losses.append(stage.step_losses(*batch)["ce_loss"])
     torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_cached_reference_states_train_like_a_reference_model(planted_data, make_model):
+    """The frozen reference never changes, so its states at every target can be computed once:
+    the same DPO trajectory as re-encoding each batch with a copy, within float rounding."""
+    torch.manual_seed(0)
+    warm = make_model()
+    results = {}
+    for reference in ("model", "cached_states"):
+        config = TrainConfig(stage="dpo", epochs=1, device="cpu", dpo=DPOConfig(k=5, reference=reference), **FAST)
+        policy, history = train(warm, planted_data, config)
+        results[reference] = (policy, history[-1])
+    (model_policy, model_entry), (cached_policy, cached_entry) = results["model"], results["cached_states"]
+    assert cached_entry["dpo_loss"] == pytest.approx(model_entry["dpo_loss"], rel=1e-4)
+    for name, tensor in model_policy.state_dict().items():
+        torch.testing.assert_close(cached_policy.state_dict()[name], tensor, atol=1e-4, rtol=0, msg=name)
+
+
+def test_reference_free_objectives_keep_no_reference(planted_data, make_model):
+    torch.manual_seed(0)
+    stage = _Stage(make_model(), planted_data, TrainConfig(stage="dpo", device="cpu",
+                                                           dpo=DPOConfig(k=5, objective="bpr"), **FAST), None)
+    assert stage.reference is None
+    batch = (torch.from_numpy(planted_data.train.items[:16]), torch.from_numpy(planted_data.train.timestamps[:16]))
+    losses = stage.step_losses(*batch)
+    assert "rewards_margin" not in losses and losses["dpo_loss"] > 0
+
+
+def test_sdpo_with_several_negatives_trains(planted_data, make_model):
+    torch.manual_seed(0)
+    config = TrainConfig(stage="dpo", epochs=1, device="cpu",
+                         dpo=DPOConfig(k=5, objective="sdpo", n_negatives=3), **FAST)
+    _, history = train(make_model(), planted_data, config)
+    assert math.isfinite(history[-1]["dpo_loss"]) and history[-1]["dpo_loss"] > 0

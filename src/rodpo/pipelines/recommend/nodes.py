@@ -27,7 +27,7 @@ class RecommendParams:
     def __post_init__(self) -> None:
         if self.model not in RECOMMENDABLE_MODELS:
             raise ValueError(f"params:recommend.model={self.model!r}: expected one of {RECOMMENDABLE_MODELS}, "
-                             "e.g. `kedro run --pipeline recommend --params recommend.model=warmup`.")
+                             "e.g. `kedro run --pipelines=recommend --params=recommend.model=warmup`.")
 
 
 def recommend_for_all_users(
