@@ -38,6 +38,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from rodpo import processes
+from rodpo.devices import configure_torch_threads, usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -210,3 +211,16 @@ class NonWriterRankHook:
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         for name in pipeline.all_outputs():
             catalog[name] = MemoryDataset()
+
+
+class ThreadsHook:
+    """torch starts one intra-op thread per physical core of the machine, not of the cores this
+    process may use (taskset, a container's cpuset or CPU quota): set the thread count from the
+    latter when a session starts, unless OMP_NUM_THREADS says otherwise (rodpo.devices)."""
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's processes on this machine
+        threads = configure_torch_threads("auto", processes=local_ranks)
+        logger.info("torch intra-op threads: %d (usable cores: %d; set OMP_NUM_THREADS to choose)",
+                    threads, usable_cores())

@@ -13,7 +13,7 @@ import warnings
 
 from rodpo.config import MergedParametersConfigLoader
 from rodpo.distributed import environment_rank
-from rodpo.hooks import NonWriterRankHook, TrackingHook
+from rodpo.hooks import NonWriterRankHook, ThreadsHook, TrackingHook
 from rodpo.transactions import TransactionalRunHook
 
 # Two warnings of Kedro 1.7 itself, not of this project: its OmegaConfigLoader registers resolvers with
@@ -30,5 +30,6 @@ CONFIG_LOADER_ARGS = {
 }
 
 # Under torchrun only rank 0 journals, tracks and writes; the other ranks keep their outputs in memory.
-HOOKS = (TransactionalRunHook(), TrackingHook()) if environment_rank() == 0 else (NonWriterRankHook(),)
+HOOKS = (ThreadsHook(), TransactionalRunHook(), TrackingHook()) if environment_rank() == 0 else (
+    ThreadsHook(), NonWriterRankHook())
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)

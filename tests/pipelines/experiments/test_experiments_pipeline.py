@@ -56,7 +56,8 @@ def test_dpo_runs_start_from_the_warmup_of_their_architecture_and_seed(parameter
     assert len(warmup_inputs) == 2 * 3  # 33 DPO runs read 6 warm-up models
     # the only free inputs are the shared data and parameters: nothing is trained twice
     assert {name for name in pipe.inputs() if not name.startswith("params:")} == {
-        "sequence_splits", "item_text_features", "item_image_features", "item_image_mask"}
+        "sequence_splits", "item_id_map", "item_text_features", "item_image_features", "item_image_mask",
+        "feature_manifest"}
 
 
 def test_quick_preset_is_smaller_and_registered_outside_the_default(parameters):
