@@ -26,11 +26,10 @@ from rodpo.experiments.false_negatives import (
     FalseNegativeMonitor,
     FalseNegativeStudyParams,
     epoch_rates,
-    false_negatives_figure,
-    false_negatives_markdown,
     run_false_negative_study,
     stage2_variants,
 )
+from rodpo.experiments.false_negatives_report import false_negatives_figure, false_negatives_markdown
 
 PARAMETERS_FILE = Path(__file__).resolve().parents[2] / "conf/base/parameters_false_negatives.yml"
 RANDOM_TOLERANCE_SE = 4.0  # |observed - expected| of the random strategy, in standard errors of one epoch

@@ -7,12 +7,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from rodpo.experiments.false_negatives import (
-    FalseNegativeStudyParams,
-    false_negatives_figure,
-    false_negatives_markdown,
-    run_false_negative_study,
-)
+from rodpo.experiments.false_negatives import FalseNegativeStudyParams, run_false_negative_study
+from rodpo.experiments.false_negatives_report import false_negatives_figure, false_negatives_markdown
 
 logger = logging.getLogger(__name__)
 
