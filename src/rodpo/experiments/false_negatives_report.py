@@ -4,9 +4,7 @@ seeds) and the figure (false-negative rate vs K, and vs the observation rate, pe
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
