@@ -24,7 +24,7 @@ from rodpo.data.parsers import parse_interactions, parse_items
 from rodpo.data.preprocess import build_items_table, build_sequences, leave_one_out_split, preprocess_interactions
 from rodpo.features.text import extract_text_features
 from rodpo.training.assembly import build_model
-from rodpo.training.batching import build_sequence_data
+from rodpo.sequences import build_sequence_data
 from rodpo.training.trainer import TrainConfig, train
 
 BEAUTY = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "amazon-beauty"

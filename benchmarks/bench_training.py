@@ -23,9 +23,9 @@ import polars as pl
 import torch
 
 from rodpo.devices import resolve_device
-from rodpo.evaluation.metrics import target_ranks
+from rodpo.metrics import target_ranks
 from rodpo.model import ModelConfig, RoDPOModel
-from rodpo.training.batching import build_sequence_data, trim_to_longest
+from rodpo.sequences import build_sequence_data, trim_to_longest
 from rodpo.training.trainer import DPOConfig, TrainConfig, train
 
 TOYS = {"users": 19_412, "items": 11_924, "actions": 167_597}

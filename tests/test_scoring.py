@@ -17,8 +17,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from rodpo import scoring
-from rodpo.evaluation.metrics import history_exclusion_mask
-from rodpo.evaluation.metrics import target_ranks as dense_metric_ranks
+from rodpo.metrics import history_exclusion_mask
+from rodpo.metrics import target_ranks as dense_metric_ranks
 from rodpo.scoring import (
     chunked_cross_entropy,
     cross_entropy_backend,

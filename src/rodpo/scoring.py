@@ -321,7 +321,7 @@ def _merge_top_k(scores_a: torch.Tensor, items_a: torch.Tensor, scores_b: torch.
 
 def target_ranks(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, *,
                  exclude_ids: torch.Tensor | None = None, chunk_items: int | str = "auto") -> torch.Tensor:
-    """1-based rank (N,) int64 of each target among the real items, as rodpo.evaluation.metrics.target_ranks.
+    """1-based rank (N,) int64 of each target among the real items, as rodpo.metrics.target_ranks.
 
     rank = 1 + #{j in 1..n_items, j != target, j not in exclude_ids[row] (N, L, 0-padded):
     s_j >= s_target or s_j is NaN}; a NaN target gets the worst rank (the number of candidates).

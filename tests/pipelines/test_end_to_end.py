@@ -14,9 +14,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rodpo.evaluation.evaluate import evaluate_model
+from rodpo.ranking import evaluate_model
 from rodpo.training.assembly import build_model
-from rodpo.training.batching import build_sequence_data
+from rodpo.sequences import build_sequence_data
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from rodpo.model import ModelConfig, RoDPOModel
-from rodpo.training.batching import build_sequence_data
+from rodpo.sequences import build_sequence_data
 
 SPLIT_SCHEMA = {
     "user_id": pl.Int32, "train_item_ids": pl.List(pl.Int32), "train_timestamps": pl.List(pl.Int64),

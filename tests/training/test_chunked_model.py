@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rodpo.evaluation.evaluate import evaluate_model
-from rodpo.evaluation.metrics import target_ranks as dense_target_ranks
+from rodpo.ranking import evaluate_model
+from rodpo.metrics import target_ranks as dense_target_ranks
 from rodpo.scoring import chunked_cross_entropy
 from rodpo.training.stage import PolicyForward
 

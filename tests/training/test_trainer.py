@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from rodpo.evaluation.evaluate import evaluate_model
+from rodpo.ranking import evaluate_model
 from rodpo.training.trainer import DPOConfig, TrainConfig, _set_policy_mode, _Stage, train
 
 FAST = dict(batch_size=32, progress_bar=False, eval_batch_size=256)

@@ -1,7 +1,7 @@
-"""Evaluation of next-item recommenders: full-ranking metrics, paired statistics and reports.
+"""Evaluation of next-item recommenders beyond the ranking loop (``rodpo.ranking``, ``rodpo.metrics``):
+paired statistics, reports, top-N recommendations and the case study.
 
-- ``metrics``: target ranks among all items and NDCG/MRR/Hit@K (paper Eq. 7/8).
 - ``statistics``: paired bootstrap / sign-flip test between two systems, mean ± std over seeds.
 - ``reports``: markdown tables (paper Tables 1-3) and the logit KDE figure (paper Figure 4).
-- ``evaluate``: the batched full-ranking loop over a model.
+- ``recommend``: top-N per user for serving; ``case_study``: the paper's Figure 5.
 """

@@ -17,7 +17,7 @@ from torch import nn
 
 from rodpo.devices import resolve_device
 from rodpo.scoring import top_k_items
-from rodpo.training.batching import trim_to_longest
+from rodpo.sequences import trim_to_longest
 
 DEFAULT_TOP_N = 20
 DEFAULT_BATCH_SIZE = 2048

@@ -20,7 +20,7 @@ from typing import Any
 
 import polars as pl
 
-from rodpo.evaluation.metrics import per_user_metrics
+from rodpo.metrics import per_user_metrics
 from rodpo.evaluation.statistics import CI_METHOD, P_VALUE_METHOD, mean_std, paired_bootstrap
 from rodpo.experiments.plan import Study, metric_cutoffs
 

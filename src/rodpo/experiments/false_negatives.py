@@ -39,10 +39,10 @@ from rodpo.data.known_preferences import (
     true_preference_ranks,
 )
 from rodpo.data.preprocess import ITEM, USER, build_sequences, leave_one_out_split
-from rodpo.evaluation.evaluate import evaluate_model
+from rodpo.ranking import evaluate_model
 from rodpo.model.config import ModelConfig
 from rodpo.training.assembly import DATA_FIELDS, build_model
-from rodpo.training.batching import EvalSequences, SequenceData, build_sequence_data
+from rodpo.sequences import EvalSequences, SequenceData, build_sequence_data
 from rodpo.training.config import DPOConfig, TrainConfig
 from rodpo.training.dpo import NEGATIVE_STRATEGIES
 from rodpo.training.objectives import OBJECTIVES

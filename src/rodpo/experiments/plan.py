@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rodpo.evaluation.metrics import METRIC_NAMES
+from rodpo.metrics import METRIC_NAMES
 from rodpo.model.config import ModelConfig
 from rodpo.training.assembly import DATA_FIELDS
 from rodpo.training.trainer import DPOConfig, TrainConfig

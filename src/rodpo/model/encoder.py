@@ -224,7 +224,7 @@ class RoDPOModel(nn.Module):
         if item_ids.shape[1] > self.config.max_seq_len:
             raise ValueError(
                 f"encode: sequence length {item_ids.shape[1]} exceeds max_seq_len={self.config.max_seq_len}; "
-                f"keep the most recent items (rodpo.training.batching does)."
+                f"keep the most recent items (rodpo.sequences does)."
             )
         is_real = item_ids > 0
         tokens = self._input_tokens(item_ids)  # (M, B, L, d)

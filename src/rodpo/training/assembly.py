@@ -16,7 +16,7 @@ import torch
 from rodpo.lineage import FEATURES, features_fingerprint, model_lineage, require_same
 from rodpo.model.config import ModelConfig
 from rodpo.model.encoder import RoDPOModel
-from rodpo.training.batching import SequenceData
+from rodpo.sequences import SequenceData
 
 logger = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from tqdm.auto import tqdm
 
 from rodpo.devices import resolve_device
 from rodpo.distributed import SINGLE_PROCESS, DistributedContext, all_gather_rows, all_reduce_sum, rank_device
-from rodpo.evaluation.evaluate import evaluate_model
+from rodpo.ranking import evaluate_model
 from rodpo.model.moe import SparseNoisyMoE
 from rodpo.scoring import chunked_cross_entropy
-from rodpo.training.batching import SequenceData, trim_to_longest
+from rodpo.sequences import SequenceData, trim_to_longest
 from rodpo.training.checkpoints import BEST_WEIGHTS
 from rodpo.training.config import VALID_KS, TrainConfig
 from rodpo.training.dpo import frozen_reference, implicit_reward_stats, sample_negatives

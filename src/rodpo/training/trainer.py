@@ -31,7 +31,7 @@ from rodpo.distributed import (
     launched_by_torchrun,
 )
 from rodpo.lineage import features_fingerprint
-from rodpo.training.batching import SequenceData
+from rodpo.sequences import SequenceData
 from rodpo.training.checkpoints import RunCheckpoint, run_key, state_fingerprint, weights_copy
 from rodpo.training.config import DPOConfig, TrainConfig  # noqa: F401 - the trainer's public settings
 from rodpo.training.stage import PairMonitor, Stage, _set_policy_mode  # noqa: F401 - tests reach the stage through here

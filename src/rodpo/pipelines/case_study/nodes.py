@@ -12,7 +12,7 @@ from rodpo.evaluation.recommend import DEFAULT_BATCH_SIZE, top_n_items
 from rodpo.lineage import check_catalog
 from rodpo.model.encoder import RoDPOModel
 from rodpo.training.assembly import attach_item_features
-from rodpo.training.batching import build_sequence_data
+from rodpo.sequences import build_sequence_data
 
 
 @dataclass

@@ -8,12 +8,12 @@ import matplotlib.figure
 import numpy as np
 import polars as pl
 
-from rodpo.evaluation.evaluate import evaluate_model
+from rodpo.ranking import evaluate_model
 from rodpo.evaluation.reports import comparison_table_markdown, logit_distribution_figure, metrics_markdown
 from rodpo.lineage import check_catalog
 from rodpo.model.encoder import RoDPOModel
 from rodpo.training.assembly import attach_item_features
-from rodpo.training.batching import build_sequence_data
+from rodpo.sequences import build_sequence_data
 
 
 @dataclass

@@ -8,7 +8,7 @@ import polars as pl
 from rodpo.lineage import FEATURES, ITEM_CATALOG, STAGE, check_catalog, features_fingerprint
 from rodpo.model.encoder import RoDPOModel
 from rodpo.training.assembly import build_model
-from rodpo.training.batching import build_sequence_data
+from rodpo.sequences import build_sequence_data
 from rodpo.training.trainer import TrainConfig, train
 
 

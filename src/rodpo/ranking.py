@@ -1,5 +1,5 @@
 """Batched full-ranking evaluation of a next-item model (RecBole's protocol) and the logit samples
-behind the paper's Figure 4.
+behind the paper's Figure 4: the ranking loop that training (validation) and evaluation share.
 
 Every real item is ranked (no sampled candidates), ties count against the target, and the user's
 history is NOT masked unless asked (RecBole's sequential default, used by the paper).
@@ -17,9 +17,9 @@ from torch import nn
 
 from rodpo.devices import resolve_device
 from rodpo.distributed import SINGLE_PROCESS, DistributedContext, all_gather_rows
-from rodpo.evaluation.metrics import DEFAULT_KS, ranking_metrics
+from rodpo.metrics import DEFAULT_KS, ranking_metrics
 from rodpo.scoring import draw_from_pool, target_ranks, top_k_items
-from rodpo.training.batching import EvalSequences, trim_to_longest
+from rodpo.sequences import EvalSequences, trim_to_longest
 
 DEFAULT_EVAL_BATCH_SIZE = 2048
 

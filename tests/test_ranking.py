@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from rodpo.evaluation.evaluate import collect_logit_samples, evaluate_model
-from rodpo.training.batching import EvalSequences
+from rodpo.ranking import collect_logit_samples, evaluate_model
+from rodpo.sequences import EvalSequences
 
 
 class FixedScores(nn.Module):

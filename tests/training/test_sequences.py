@@ -3,7 +3,7 @@ import polars as pl
 import pytest
 import torch
 
-from rodpo.training.batching import build_sequence_data, trim_to_longest
+from rodpo.sequences import build_sequence_data, trim_to_longest
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rodpo.evaluation.metrics import (
+from rodpo.metrics import (
     history_exclusion_mask,
     per_user_metrics,
     ranking_metrics,
