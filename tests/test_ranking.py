@@ -49,6 +49,15 @@ def test_history_masking_is_opt_in():
     assert result["ranks"].tolist() == [1, 2]  # user 1 loses items 1, 2; user 2 loses item 2
 
 
+@pytest.mark.parametrize("mask_history", [False, True])
+def test_the_history_masked_protocol_comes_as_a_second_result_of_the_same_pass(mask_history):
+    result = evaluate_model(FixedScores(SCORES), SEQUENCES, ks=(5,), batch_size=1, mask_history=mask_history,
+                            with_history_masked=True)
+    assert result["ranks"].tolist() == ([1, 2] if mask_history else [3, 3])
+    assert result["ranks_history_masked"].tolist() == [1, 2]
+    assert result["metrics_history_masked"]["mrr@5"] == pytest.approx((1 + 1 / 2) / 2)
+
+
 def test_logit_samples_pair_the_positive_with_a_topk_negative():
     samples = collect_logit_samples(FixedScores(SCORES), SEQUENCES, k=2, seed=0)
     assert samples["positive"].tolist() == [3.0, 1.0]

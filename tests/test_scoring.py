@@ -24,6 +24,7 @@ from rodpo.scoring import (
     cross_entropy_backend,
     resolve_chunk_items,
     target_ranks,
+    target_ranks_unmasked_and_masked,
     top_k_items,
 )
 
@@ -289,6 +290,16 @@ def test_target_ranks_equal_dense_with_exact_ties(chunk, mask_history):
     got = target_ranks(states, table, targets, exclude_ids=exclude_ids, chunk_items=chunk)
     assert got.dtype == torch.int64 and torch.equal(got, expected)
     assert got[0] == N_ITEMS - (len(set(histories[0].tolist()) - {0, int(targets[0])}) if mask_history else 0)
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_unmasked_and_masked_ranks_from_one_pass_equal_dense_ranks_of_both_protocols(chunk):
+    states, table, targets, histories = integer_data()
+    logits = dense_logits(states, table)
+    unmasked, masked = target_ranks_unmasked_and_masked(states, table, targets, histories, chunk_items=chunk)
+    assert torch.equal(unmasked, dense_metric_ranks(logits, targets))
+    assert torch.equal(masked, dense_metric_ranks(logits, targets, history_exclusion_mask(histories, N_ITEMS)))
+    assert bool((masked < unmasked).any())  # the data has history items above the target
 
 
 @pytest.mark.parametrize("batch", [1, 7, 11])

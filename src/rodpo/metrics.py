@@ -13,6 +13,12 @@ import torch
 
 DEFAULT_KS: tuple[int, ...] = (5, 10, 20)
 METRIC_NAMES: tuple[str, ...] = ("ndcg", "mrr", "hit")
+HISTORY_MASKED = ":masked"   # "ndcg@5:masked": the metric with the user's history left out of the ranking
+
+
+def history_masked(metric: str) -> str:
+    """The key of `metric` under the masked protocol (S3-Rec's / BSARec's lineage of Beauty numbers)."""
+    return f"{metric}{HISTORY_MASKED}"
 
 
 def target_ranks(

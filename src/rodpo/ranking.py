@@ -18,7 +18,7 @@ from torch import nn
 from rodpo.devices import resolve_device
 from rodpo.distributed import SINGLE_PROCESS, DistributedContext, all_gather_rows
 from rodpo.metrics import DEFAULT_KS, ranking_metrics
-from rodpo.scoring import draw_from_pool, target_ranks, top_k_items
+from rodpo.scoring import draw_from_pool, target_ranks, target_ranks_unmasked_and_masked, top_k_items
 from rodpo.sequences import EvalSequences, trim_to_longest
 
 DEFAULT_EVAL_BATCH_SIZE = 2048
@@ -63,12 +63,13 @@ def evaluate_model(model: nn.Module, sequences: EvalSequences, *, ks: Sequence[i
                    batch_size: int = DEFAULT_EVAL_BATCH_SIZE, device: str | torch.device | None = None,
                    mask_history: bool = False, chunk_items: int | str = "auto",
                    context: DistributedContext = SINGLE_PROCESS, logit_sample_k: int | None = None,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, with_history_masked: bool = False) -> dict:
     """Full-ranking NDCG/MRR/Hit@K over all users of a valid or test split.
 
     Returns {"metrics": {"ndcg@10": ...}, "ranks": (N,) int64 1-based, "user_ids": (N,)} and, with
     `logit_sample_k`, "logit_samples" (Figure 4) from the same pass. `mask_history` removes the
-    (last max_seq_len) history items from the ranking. Ranks are exact counts (rodpo.scoring), the
+    (last max_seq_len) history items from the ranking; `with_history_masked` adds
+    "ranks_history_masked" / "metrics_history_masked" (that protocol) from the same pass. Ranks are exact counts (rodpo.scoring), the
     same for every batch and chunk size; in a distributed run each rank scores every
     world_size-th user and the ranks are gathered.
     """
@@ -77,18 +78,26 @@ def evaluate_model(model: nn.Module, sequences: EvalSequences, *, ks: Sequence[i
     n_users = len(sequences.targets)
     mine = np.arange(context.rank, n_users, context.world_size)
     ranks = np.zeros(n_users, dtype=np.int64)
+    masked_ranks = np.zeros(n_users, dtype=np.int64)
     samples = {"positive": np.zeros(n_users, dtype=np.float32), "negative": np.zeros(n_users, dtype=np.float32)}
     generator = torch.Generator(device=device).manual_seed(seed) if logit_sample_k else None
     for rows, items, targets, states, table in scored_batches(model, sequences, batch_size, device, mine):
-        exclude = items if mask_history else None
-        ranks[rows] = target_ranks(states, table, targets, exclude_ids=exclude, chunk_items=chunk_items).cpu().numpy()
+        if with_history_masked:
+            unmasked, masked = target_ranks_unmasked_and_masked(states, table, targets, items, chunk_items=chunk_items)
+            ranks[rows], masked_ranks[rows] = (masked if mask_history else unmasked).cpu().numpy(), masked.cpu().numpy()
+        else:
+            exclude = items if mask_history else None
+            ranks[rows] = target_ranks(states, table, targets, exclude_ids=exclude, chunk_items=chunk_items).cpu().numpy()
         if logit_sample_k:
             positive, negative = _logit_pair(states, table, targets, logit_sample_k, generator, chunk_items)
             samples["positive"][rows], samples["negative"][rows] = positive, negative
     if context.enabled:
         ranks = _gathered(ranks, mine, context)
+        masked_ranks = _gathered(masked_ranks, mine, context) if with_history_masked else masked_ranks
         samples = {name: _gathered(values, mine, context) for name, values in samples.items()}
     result = {"metrics": ranking_metrics(ranks, ks), "ranks": ranks, "user_ids": sequences.user_ids}
+    if with_history_masked:
+        result.update(metrics_history_masked=ranking_metrics(masked_ranks, ks), ranks_history_masked=masked_ranks)
     if logit_sample_k:
         result["logit_samples"] = samples
     return result

@@ -334,9 +334,26 @@ def target_ranks(states: torch.Tensor, table: torch.Tensor, targets: torch.Tenso
     Identical table rows tie exactly when the BLAS scores a column independently of its position
     and of the matmul width (widths are multiples of SCORE_ALIGN for this); tested for MKL on x86.
     """
+    return _ranks(states, table, targets, [exclude_ids], chunk_items)[0]
+
+
+def target_ranks_unmasked_and_masked(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
+                                     history_ids: torch.Tensor, *, chunk_items: int | str = "auto"
+                                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ranks with the history rankable, ranks with `history_ids` (N, L) masked) from one pass over
+    the catalog: both protocols of the published Beauty numbers (RecBole's keeps history items,
+    S3-Rec's / BSARec's masks them) for the price of one. Each equals its own target_ranks call."""
+    unmasked, masked = _ranks(states, table, targets, [None, history_ids], chunk_items)
+    return unmasked, masked
+
+
+def _ranks(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
+           exclusions: list[torch.Tensor | None], chunk_items: int | str) -> list[torch.Tensor]:
+    """target_ranks for each exclusion set (None = nothing excluded), sharing the chunk matmuls."""
     n_rows, n_items = _check_scoring_inputs(states, table)
     targets = _check_ids("targets", targets, n_rows, 1, 1, n_items, states.device)
-    excluded = _exclusion_ids(n_rows, n_items, exclude_ids, targets, states.device) if exclude_ids is not None else None
+    excluded = [_exclusion_ids(n_rows, n_items, ids, targets, states.device) if ids is not None else None
+                for ids in exclusions]
     width = resolve_chunk_items(chunk_items, n_rows, n_items, states.device)
     dtype = _matmul_dtype(states, table)
     with torch.no_grad(), _autocast_off(states.device):
@@ -346,7 +363,7 @@ def target_ranks(states: torch.Tensor, table: torch.Tensor, targets: torch.Tenso
         same = (own == provisional) | (own.isnan() & provisional.isnan())
         if not bool(same.all()):
             counts, _ = _count_beating(states_c, table, targets, own, excluded, width, dtype)
-    return counts + 1
+    return [count + 1 for count in counts]
 
 
 def _target_scores(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, width: int,
@@ -362,11 +379,13 @@ def _target_scores(states: torch.Tensor, table: torch.Tensor, targets: torch.Ten
 
 
 def _count_beating(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, target_scores: torch.Tensor,
-                   excluded: torch.Tensor | None, width: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: competitors j with not (s_j < target_scores), i.e. >= or NaN on either side; and the
-    target's own score from its chunk. `excluded` (N, L') must contain the target when given."""
+                   exclusions: list[torch.Tensor | None], width: int, dtype: torch.dtype
+                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per exclusion set, per row: competitors j with not (s_j < target_scores), i.e. >= or NaN on
+    either side; and the target's own score from its chunk. An exclusion (N, L') must contain the
+    target; None excludes the target alone."""
     n_items = table.shape[0] - 1
-    counts = torch.zeros(states.shape[0], dtype=torch.long, device=states.device)
+    counts = [torch.zeros(states.shape[0], dtype=torch.long, device=states.device) for _ in exclusions]
     own = target_scores.clone()
     for chunk in _chunks(n_items, width):
         fresh, stop = chunk.fresh, chunk.stop
@@ -374,10 +393,11 @@ def _count_beating(states: torch.Tensor, table: torch.Tensor, targets: torch.Ten
         local, inside = _local(targets, fresh, stop)
         own = torch.where(inside, scores.gather(1, local[:, None]).squeeze(1), own)
         not_beating = scores < target_scores[:, None]
-        if excluded is not None:
-            counts += (stop - fresh) - (not_beating | _id_mask(excluded, fresh, stop)).sum(dim=1)
-        else:  # the target itself sits among the "beating" columns of its chunk: take it off
-            counts += (stop - fresh) - not_beating.sum(dim=1) - inside.long()
+        for count, excluded in zip(counts, exclusions):
+            if excluded is not None:
+                count += (stop - fresh) - (not_beating | _id_mask(excluded, fresh, stop)).sum(dim=1)
+            else:  # the target itself sits among the "beating" columns of its chunk: take it off
+                count += (stop - fresh) - not_beating.sum(dim=1) - inside.long()
     return counts, own
 
 

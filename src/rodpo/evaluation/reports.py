@@ -9,6 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from rodpo.metrics import HISTORY_MASKED
 from matplotlib.figure import Figure
 from scipy.stats import gaussian_kde
 
@@ -22,7 +23,9 @@ CONSTANT_HALF_RANGE = 1.0
 
 
 def metric_label(key: str) -> str:
-    """'ndcg@5' -> 'NDCG@5', as in the paper's table headers."""
+    """'ndcg@5' -> 'NDCG@5', as in the paper's table headers; 'ndcg@5:masked' -> 'NDCG@5 (masked)'."""
+    if key.endswith(HISTORY_MASKED):
+        return f"{metric_label(key.removesuffix(HISTORY_MASKED))} (masked)"
     name, _, cutoff = key.partition("@")
     label = METRIC_LABELS.get(name.lower(), name)
     return f"{label}@{cutoff}" if cutoff else label

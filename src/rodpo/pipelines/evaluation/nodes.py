@@ -42,7 +42,8 @@ def evaluate_recommender(
     model = attach_item_features(model, item_text_features, item_image_features, item_image_mask)
     data = build_sequence_data(sequence_splits, model.config.max_seq_len, n_items=model.config.n_items)
     options = dict(ks=evaluation.ks, batch_size=evaluation.batch_size, device=evaluation.device,
-                   mask_history=evaluation.mask_history, chunk_items=evaluation.score_chunk_items)
+                   mask_history=evaluation.mask_history, chunk_items=evaluation.score_chunk_items,
+                   with_history_masked=True)  # the masked protocol as a second column, same pass
     valid = evaluate_model(model, data.valid, **options)
     test = evaluate_model(model, data.test, **options, logit_sample_k=evaluation.logit_sample_k,
                           seed=evaluation.seed)  # ranks and Figure 4's samples from one pass
@@ -50,11 +51,15 @@ def evaluate_recommender(
     metrics = {
         "valid": valid["metrics"],
         "test": test["metrics"],
+        "valid_history_masked": valid["metrics_history_masked"],
+        "test_history_masked": test["metrics_history_masked"],
         "users": int(len(test["ranks"])),
         "protocol": {"full_ranking": True, "ties": "against target", "mask_history": evaluation.mask_history},
         "model": model.config.to_dict(),
     }
-    ranks = pl.DataFrame({"user_id": test["user_ids"], "valid_rank": valid["ranks"], "test_rank": test["ranks"]})
+    ranks = pl.DataFrame({"user_id": test["user_ids"], "valid_rank": valid["ranks"], "test_rank": test["ranks"],
+                          "valid_rank_history_masked": valid["ranks_history_masked"],
+                          "test_rank_history_masked": test["ranks_history_masked"]})
     return metrics, ranks, pl.DataFrame(samples)
 
 
