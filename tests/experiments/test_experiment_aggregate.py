@@ -99,3 +99,40 @@ def test_missing_runs_are_named():
     del metrics["rodpo_other_s2"]
     with pytest.raises(ValueError, match="rodpo_other_s2"):
         summarise_study(STUDY, metrics, user_ranks, metrics=METRICS, params=PARAMS)
+
+
+def test_rows_are_tested_against_their_lambda_zero_control_and_under_the_masked_protocol():
+    """RoDPO ranks every target 10th like its warm-up and control, but 1st once history is masked."""
+    study = Study(name="t", title="T", kind="rows", seeds=(1,), reference_control="control",
+                  rows=(Row(label="RoDPO", setting="rodpo", warmup="warmup", control="control"),))
+    users = list(range(1, N_USERS + 1))
+    metrics, user_ranks = {}, {}
+    for setting, masked in (("rodpo", 1), ("warmup", 10), ("control", 10)):
+        metrics[f"{setting}_s1"] = {"test": {}}
+        user_ranks[f"{setting}_s1"] = ranks(users, [10] * N_USERS).with_columns(
+            pl.lit(masked).alias("test_rank_history_masked"))
+    results = summarise_study(study, metrics, user_ranks, metrics=METRICS, params=PARAMS)
+    assert results["metrics"] == [*METRICS, "ndcg@5:masked", "mrr@5:masked"]
+    row = results["rows"][0]
+    assert row["mean"]["ndcg@5"] == 0 and row["mean"]["ndcg@5:masked"] == 1.0
+    assert row["markers"] == {"ndcg@5": "", "mrr@5": "", "ndcg@5:masked": "†§", "mrr@5:masked": "†§"}
+    kinds = {(t["kind"], t["a"], t["b"]) for t in results["tests"]}
+    assert kinds == {("vs_warmup", "warmup", "rodpo"), ("vs_control", "control", "rodpo")}
+    # runs evaluated before the masked column existed: the first protocol only
+    old = {run: frame.drop("test_rank_history_masked") for run, frame in user_ranks.items()}
+    assert summarise_study(study, metrics, old, metrics=METRICS, params=PARAMS)["metrics"] == METRICS
+
+
+def test_training_summary_finds_the_trainers_best_epoch_and_its_diagnostics():
+    from rodpo.experiments.aggregate import training_summary
+
+    history = [{"epoch": 0, "valid_ndcg@10": 0.10},
+               {"epoch": 1, "valid_ndcg@10": 0.12, "rewards_accuracy": 0.6, "dpo_loss": 0.6},
+               {"epoch": 2, "valid_ndcg@10": 0.12, "rewards_accuracy": 0.7, "dpo_loss": 0.5},  # tie: latest wins
+               {"epoch": 3, "valid_ndcg@10": 0.11, "rewards_accuracy": 0.8, "dpo_loss": 0.4}]
+    summary = training_summary(history)
+    assert summary["epochs_run"] == 3 and summary["best_epoch"] == 2 and summary["passed_peak"]
+    assert summary["best_valid"] == 0.12 and summary["start_valid"] == 0.10
+    assert summary["rewards_accuracy"] == 0.7 and summary["dpo_loss"] == 0.5 and "rewards_margin" not in summary
+    still_rising = training_summary(history[:2])
+    assert still_rising["best_epoch"] == 1 and not still_rising["passed_peak"]

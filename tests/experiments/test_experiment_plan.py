@@ -42,7 +42,27 @@ def test_identical_variants_across_studies_are_one_setting():
     assert setting_of["t3", "w/o DPO"] == "warmup"
     assert sorted(plan.settings) == sorted([
         "warmup", "warmup_moe_mode_mlp", "rodpo", "rodpo_negative_strategy_random",
-        "rodpo_negative_strategy_argmax", "rodpo_moe_mode_mlp", "rodpo_k10", "rodpo_beta0p1"])
+        "rodpo_negative_strategy_argmax", "rodpo_moe_mode_mlp", "rodpo_k10", "rodpo_beta0p1",
+        "rodpo_lambda_dpo0p0", "rodpo_moe_mode_mlp_lambda_dpo0p0"])  # one λ = 0 control per warm-up
+
+
+def test_every_dpo_row_gets_the_lambda_zero_control_of_its_warmup_and_budget():
+    budget = {"rows": [{"label": "Argmax, lr 5e-4", "overrides": {"rodpo.dpo.negative_strategy": "argmax",
+                                                                  "rodpo.lr": 0.0005, "rodpo.dpo.k": 10}}]}
+    plan = plan_experiments(design(t2=TABLE2, t3=TABLE3, budget=budget), BASE)
+    control_of = {row.label: row.control for study in plan.studies.values() for row in study.rows}
+    assert {control_of["Random"], control_of["Argmax"], control_of["Top-K"]} == {"rodpo_lambda_dpo0p0"}
+    assert control_of["w/o MoE"] == "rodpo_moe_mode_mlp_lambda_dpo0p0" and control_of["w/o DPO"] is None
+    # same stage-2 optimisation (lr; epochs are preset-wide) as the row, but no DPO-only parameter: with λ = 0 they change nothing
+    assert plan.settings[control_of["Argmax, lr 5e-4"]].difference == {"rodpo.dpo.lambda_dpo": 0.0,
+                                                                         "rodpo.lr": 0.0005}
+    assert plan.settings["rodpo_moe_mode_mlp_lambda_dpo0p0"].warmup == "warmup_moe_mode_mlp"
+    assert plan.studies["t2"].reference_control == "rodpo_lambda_dpo0p0"
+    assert "rodpo_lambda_dpo0p0" in plan.studies["t2"].settings()
+    without = plan_experiments({**design(t2=TABLE2), "lambda_zero_control": False}, BASE)
+    assert "rodpo_lambda_dpo0p0" not in without.settings and without.studies["t2"].reference_control is None
+    with pytest.raises(ValueError, match="lambda_zero_control"):
+        plan_experiments({**design(t2=TABLE2), "lambda_zero_control": "yes"}, BASE)
 
 
 def test_dpo_variants_share_one_warmup_per_architecture_and_seed():
@@ -72,8 +92,9 @@ def test_study_lists_its_rows_warmups_and_the_reference():
     plan = plan_experiments(design(), BASE)
     t2 = plan.studies["t2"]
     assert t2.kind == "rows" and t2.reference == "rodpo" and t2.reference_warmup == "warmup"
-    assert t2.settings() == ["rodpo", "warmup", "rodpo_negative_strategy_random", "rodpo_negative_strategy_argmax"]
-    assert len(t2.runs()) == 4 * 2
+    assert t2.settings() == ["rodpo", "warmup", "rodpo_lambda_dpo0p0", "rodpo_negative_strategy_random",
+                             "rodpo_negative_strategy_argmax"]
+    assert len(t2.runs()) == 5 * 2
     f3 = plan.studies["f3"]
     assert [(row.sweep, row.value) for row in f3.rows] == [("K", 10), ("K", 50), ("beta", 0.1), ("beta", 1.0)]
 

@@ -90,3 +90,38 @@ def test_a_pair_tested_twice_is_listed_once_with_both_markers():
     both["tests"] = [{"kind": "vs_warmup", **twice}, {"kind": "vs_reference", **twice}]
     lines = [line for line in study_table_markdown(both).splitlines() if " vs w/o DPO (Baseline) |" in line]
     assert lines == ["| Full Model (RoDPO) vs w/o DPO (Baseline) | NDCG@5 | +0.0200 | [+0.0100, +0.0300] | 0.0001 | †‡ |"]
+
+
+def test_the_control_is_a_context_row_named_in_the_tests_and_masked_metrics_get_their_own_columns():
+    masked = [*METRICS, "ndcg@5:masked"]
+    with_control = {**TABLE, "metrics": masked, "reference_control": "rodpo_lambda_dpo0p0",
+                    "rows": [{**r, "control": "rodpo_lambda_dpo0p0", "mean": {**r["mean"], "ndcg@5:masked": 0.07},
+                              "std": {**r["std"], "ndcg@5:masked": 0.001},
+                              "markers": {**r["markers"], "ndcg@5:masked": "§"}} for r in TABLE["rows"]],
+                    "settings": {name: {**s, "mean": {**s["mean"], "ndcg@5:masked": 0.06},
+                                        "std": {**s["std"], "ndcg@5:masked": 0.0}}
+                                 for name, s in {**TABLE["settings"], "rodpo_lambda_dpo0p0": setting(0.049, 0.001)}.items()},
+                    "tests": [*TABLE["tests"], {"kind": "vs_control", "a": "rodpo_lambda_dpo0p0", "b": "rodpo",
+                                                "metric": "ndcg@5:masked", "mean_diff": 0.001, "ci_low": 0.0005,
+                                                "ci_high": 0.0015, "p_value": 0.01, "significant": True}]}
+    text = study_table_markdown(with_control)
+    assert "| Variant | NDCG@5 | MRR@5 | NDCG@5 (masked) |" in text
+    assert "| _λ = 0 control_ | 0.0490 ± 0.0010 | 0.0490 ± 0.0010 | 0.0600 ± 0.0000 |" in text
+    assert "| Top-K Sampling (Ours) | 0.0500 ± 0.0010 † | 0.0500 ± 0.0010 † | 0.0700 ± 0.0010 § |" in text
+    assert "§ from its λ = 0 control" in text
+    assert ("| Top-K Sampling (Ours) vs λ = 0 control | NDCG@5 (masked) | +0.0010 | [+0.0005, +0.0015] | 0.0100 | § |"
+            in text)
+
+
+def test_the_training_section_shows_convergence_and_stage_two_diagnostics():
+    trained = {**TABLE, "settings": {**TABLE["settings"],
+               "warmup": {**TABLE["settings"]["warmup"], "training": {
+                   "1": {"epochs_run": 30, "best_epoch": 25, "passed_peak": True, "best_valid": 0.05},
+                   "2": {"epochs_run": 28, "best_epoch": 28, "passed_peak": False, "best_valid": 0.07}}},
+               "rodpo": {**TABLE["settings"]["rodpo"], "training": {
+                   "1": {"epochs_run": 3, "best_epoch": 1, "passed_peak": True, "best_valid": 0.06,
+                         "start_valid": 0.05, "dpo_loss": 0.5, "rewards_accuracy": 0.75, "rewards_chosen": -0.2,
+                         "score_margin": 1.0}}}}}
+    text = study_table_markdown(trained)
+    assert "| Warm-up (SFT) | 30, 28 | 25, 28 | 1/2 | — → 0.060 | — | — | — | — |" in text
+    assert "| Top-K Sampling (Ours) | 3 | 1 | 1/1 | 0.050 → 0.060 | 0.500 | 0.750 | -0.200 | 1.000 |" in text

@@ -6,7 +6,10 @@ with the same effective parameters are one *setting*, trained once per seed and 
 study row that names it (Top-K sampling in Table 2 = the full model in Table 3 = K=50 = beta=1.0
 in Figure 3). A DPO setting starts from, and is referenced to, the warm-up of its model and
 warm-up parameters, so DPO-only variants share one warm-up per seed and an architecture variant
-(w/o Sparse MoE) gets its own. A setting is named by how it differs from the base: ``rodpo`` (the
+(w/o Sparse MoE) gets its own. Every DPO row also gets a *control*: the same warm-up and the same
+stage-2 budget with the preference term off (``rodpo.dpo.lambda_dpo: 0``, every other ``rodpo.dpo.*``
+at its base value: with λ = 0 they do not change the weights), so "DPO helped" can be told apart
+from "trained longer"; DPO rows of one warm-up share one control. A setting is named by how it differs from the base: ``rodpo`` (the
 base, the paper's RoDPO), ``rodpo_k10``, ``rodpo_moe_mode_mlp``, ``warmup``, ...; a run appends
 its seed: ``rodpo_k10_s2020``.
 """
@@ -31,6 +34,7 @@ SECTIONS = ("model", "warmup", "rodpo")
 STAGE_SECTIONS = {"warmup": ("model", "warmup"), "dpo": ("rodpo",)}
 BASE_DPO = "rodpo"     # name of the base DPO setting: the reference every study tests against
 BASE_WARMUP = "warmup"
+CONTROL_OVERRIDES = {"rodpo.dpo.lambda_dpo": 0.0}   # the λ = 0 control: stage 2 with CE only
 MAX_NAME_CHARS = 48    # longer setting names are cut and get a hash suffix
 NAME_HASH_CHARS = 8
 
@@ -59,6 +63,7 @@ class Row:
     warmup_only: bool = False
     sweep: str | None = None        # sweeps: the swept parameter's label ("K") and value
     value: Any = None
+    control: str | None = None      # the λ = 0 setting of the same warm-up and stage-2 budget (DPO rows)
 
 
 @dataclass(frozen=True)
@@ -70,14 +75,15 @@ class Study:
     seeds: tuple[int, ...]
     reference: str = BASE_DPO
     reference_warmup: str = BASE_WARMUP
+    reference_control: str | None = None
     differences: dict[str, dict[str, Any]] = field(default_factory=dict)  # setting -> how it differs from the base
 
     def settings(self) -> list[str]:
         """Every setting the study reads: its rows, their warm-ups and the reference, in order."""
-        names = [self.reference, self.reference_warmup]
+        names = [self.reference, self.reference_warmup, self.reference_control]
         for row in self.rows:
-            names += [row.setting, row.warmup]
-        return list(dict.fromkeys(names))
+            names += [row.setting, row.warmup, row.control]
+        return [name for name in dict.fromkeys(names) if name is not None]
 
     def runs(self) -> list[str]:
         return [f"{setting}_s{seed}" for setting in self.settings() for seed in self.seeds]
@@ -363,17 +369,32 @@ def plan_experiments(design: Mapping[str, Any], base: Mapping[str, Any]) -> Expe
             return warmup, warmup
         return register("dpo", difference, warmup), warmup
 
+    with_controls = design.get("lambda_zero_control", True)
+    if not isinstance(with_controls, bool):
+        raise ValueError(f"experiments.lambda_zero_control: expected true or false, got {with_controls!r}.")
+
+    def add_control(overrides: Mapping[str, Any], where: str) -> str | None:
+        """The λ = 0 setting of a DPO variant: its model / warm-up / stage-2 budget, no preference term."""
+        if not with_controls:
+            return None
+        kept = {path: value for path, value in overrides.items() if not path.startswith("rodpo.dpo.")}
+        return add_variant({**kept, **CONTROL_OVERRIDES}, False, f"{where} (its λ = 0 control)")[0]
+
     reference, reference_warmup = add_variant({}, False, "base parameters")
+    reference_control = add_control({}, "base parameters")
     planned = {}
     for name, study in studies.items():
         kind, entries = _study_rows(name, study)
         rows = []
         for entry in entries:
-            setting, warmup = add_variant(entry["overrides"], entry["warmup_only"], f"experiments.studies.{name}")
+            where = f"experiments.studies.{name}"
+            setting, warmup = add_variant(entry["overrides"], entry["warmup_only"], where)
+            control = None if entry["warmup_only"] else add_control(entry["overrides"], where)
             rows.append(Row(label=entry["label"], setting=setting, warmup=warmup, warmup_only=entry["warmup_only"],
-                            sweep=entry.get("sweep"), value=entry.get("value")))
+                            sweep=entry.get("sweep"), value=entry.get("value"), control=control))
         planned[name] = Study(name=name, title=str(study.get("title", name)), kind=kind, rows=tuple(rows),
-                              seeds=seeds, reference=reference, reference_warmup=reference_warmup)
+                              seeds=seeds, reference=reference, reference_warmup=reference_warmup,
+                              reference_control=reference_control)
         planned[name] = dataclasses.replace(planned[name], differences={
             setting: settings[setting].difference for setting in planned[name].settings()})
     return ExperimentPlan(seeds=seeds, settings=settings, studies=planned, base_overrides=preset_overrides)

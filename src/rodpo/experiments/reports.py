@@ -12,11 +12,12 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from rodpo.evaluation.reports import MISSING, logit_distribution_figure, metric_label
-from rodpo.experiments.aggregate import MARKERS, VS_REFERENCE, VS_WARMUP
+from rodpo.experiments.aggregate import MARKERS, VS_CONTROL, VS_REFERENCE, VS_WARMUP
 
 REFERENCE_NAME = "RoDPO"
 WARMUP_NAME = "Warm-up (SFT)"
-METRIC_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
+CONTROL_NAME = "λ = 0 control"
+METRIC_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive")
 LABEL_WRAP = 16          # characters per line of a bar label
 BAR_GROUP_WIDTH = 0.8    # share of a bar-chart slot taken by one row's bars
 BAR_HEADROOM = 1.35      # y-axis top over the tallest bar: room for markers and the legend
@@ -31,6 +32,12 @@ def display_names(results: Mapping[str, Any]) -> dict[str, str]:
     names = {setting: " / ".join(dict.fromkeys(values)) for setting, values in labels.items()}
     names.setdefault(results["reference"], REFERENCE_NAME)
     names.setdefault(results["reference_warmup"], WARMUP_NAME)
+    for row in results["rows"]:
+        if row.get("control") and row["control"] not in names:
+            own = row["warmup"] == results["reference_warmup"]
+            names[row["control"]] = CONTROL_NAME if own else f"{CONTROL_NAME} of {names.get(row['warmup'], row['warmup'])}"
+    if results.get("reference_control"):
+        names.setdefault(results["reference_control"], CONTROL_NAME)
     for setting in results["settings"]:
         names.setdefault(setting, f"Warm-up `{setting}`" if setting.startswith("warmup") else f"`{setting}`")
     return names
@@ -48,14 +55,17 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in body]
 
 
-def _warmup_row(results: Mapping[str, Any], first_column: str, decimals: int) -> list[str] | None:
-    """The reference's warm-up as an italic context row, unless a row already shows it."""
-    warmup = results["reference_warmup"]
-    if any(row["setting"] == warmup for row in results["rows"]):
-        return None
-    summary = results["settings"][warmup]
-    return [f"_{first_column}_", *(_cell(summary["mean"][m], summary["std"][m], "", decimals)
-                                   for m in results["metrics"])]
+def _context_rows(results: Mapping[str, Any], warmup_label: str, decimals: int) -> list[list[str]]:
+    """The reference's warm-up and λ = 0 control as italic context rows, unless a row shows them."""
+    shown = {row["setting"] for row in results["rows"]}
+    context = [(results["reference_warmup"], warmup_label), (results.get("reference_control"), CONTROL_NAME)]
+    lines = []
+    for setting, label in context:
+        if setting and setting not in shown:
+            summary = results["settings"][setting]
+            lines.append([f"_{label}_", *(_cell(summary["mean"][m], summary["std"][m], "", decimals)
+                                          for m in results["metrics"])])
+    return lines
 
 
 def _legend(results: Mapping[str, Any], names: Mapping[str, str]) -> str:
@@ -63,6 +73,8 @@ def _legend(results: Mapping[str, Any], names: Mapping[str, str]) -> str:
     alpha, confidence = significance["alpha"], significance["confidence"]
     return (
         f"{MARKERS[VS_WARMUP]} differs significantly from the row's own warm-up model; "
+        f"{MARKERS[VS_CONTROL]} from its {CONTROL_NAME} (same warm-up and stage-2 budget, CE only: the "
+        f"preference term's effect beyond training longer); "
         f"{MARKERS[VS_REFERENCE]} differs significantly from {names[results['reference']]} "
         f"(the base setting, `{results['reference']}`). Two-sided p < {alpha:g}, paired over the "
         f"{results['users']:,} test users on each user's metric averaged over seeds; p from a paired "
@@ -86,15 +98,15 @@ def study_table_markdown(results: Mapping[str, Any], *, decimals: int = 4, p_dec
             body = [[str(row["value"]), *(_cell(row["mean"][m], row["std"][m], row["markers"][m], decimals)
                                           for m in metrics)]
                     for row in results["rows"] if row["sweep"] == sweep]
-            warmup = _warmup_row(results, WARMUP_NAME, decimals)
-            lines += _table([sweep, *header_metrics], body + ([warmup] if warmup else [])) + [""]
+            lines += _table([sweep, *header_metrics], body + _context_rows(results, WARMUP_NAME, decimals)) + [""]
     else:
         body = [[row["label"], *(_cell(row["mean"][m], row["std"][m], row["markers"][m], decimals)
                                  for m in metrics)] for row in results["rows"]]
-        warmup = _warmup_row(results, f"{WARMUP_NAME} of {names[results['reference']]}", decimals)
-        lines += _table(["Variant", *header_metrics], body + ([warmup] if warmup else [])) + [""]
+        context = _context_rows(results, f"{WARMUP_NAME} of {names[results['reference']]}", decimals)
+        lines += _table(["Variant", *header_metrics], body + context) + [""]
     lines += [_legend(results, names), "", "### Paired tests", "",
-              "Δ = mean over users of (b − a): positive favours the DPO model (†) or RoDPO (‡).", ""]
+              "Δ = mean over users of (b − a): positive favours the DPO model (†, §) or RoDPO (‡). "
+              "\"(masked)\": the user's history left out of the ranking.", ""]
     body, line_of = [], {}
     for test in results["tests"]:
         marker = MARKERS[test["kind"]] if test["significant"] else ""
@@ -108,7 +120,38 @@ def study_table_markdown(results: Mapping[str, Any], *, decimals: int = 4, p_dec
                      f"[{test['ci_low']:+.{decimals}f}, {test['ci_high']:+.{decimals}f}]",
                      f"{test['p_value']:.{p_decimals}f}", marker])
     lines += _table(["b vs a", "Metric", "Δ", f"{results['significance']['confidence']:.0%} CI", "p", ""], body)
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _training_lines(results, names)) + "\n"
+
+
+def _mean_of(values: list[Any]) -> str:
+    numbers = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return f"{sum(numbers) / len(numbers):.3f}" if numbers else MISSING
+
+
+def _training_lines(results: Mapping[str, Any], names: Mapping[str, str]) -> list[str]:
+    """Per setting: epochs run and best epoch per seed, whether the validation peak was passed, and
+    the stage-2 diagnostics at the best epoch (means over seeds): why a row gains or does not."""
+    trained = {name: s["training"] for name, s in results["settings"].items() if s.get("training")}
+    if not trained:
+        return []
+    body = []
+    for name, per_seed in trained.items():
+        runs = list(per_seed.values())
+        body.append([names[name], ", ".join(str(r["epochs_run"]) for r in runs),
+                     ", ".join(str(r["best_epoch"]) for r in runs),
+                     f"{sum(bool(r['passed_peak']) for r in runs)}/{len(runs)}",
+                     f"{_mean_of([r.get('start_valid') for r in runs])} → {_mean_of([r['best_valid'] for r in runs])}",
+                     *(_mean_of([r.get(key) for r in runs]) for key in ("dpo_loss", "rewards_accuracy",
+                                                                        "rewards_chosen", "score_margin"))])
+    return ["", "### Training", "",
+            "Epochs run and best epoch per seed (the model kept is the best epoch's); \"peak passed\": seeds "
+            "whose best epoch came before their last (trained to the validation peak). Valid NDCG@10 from the "
+            "stage's start (stage 2: the warm-up model) to its best epoch; the stage-2 diagnostics at the "
+            "best epoch, means over seeds: the preference loss, TRL's reward accuracy and chosen reward "
+            "β(s − s_ref)(y_w) (below 0: the chosen item's score drifted down), and the policy's score "
+            "margin s(y_w) − s(y_l).", "",
+            *_table(["Setting", "Epochs run", "Best epoch", "Peak passed", "Valid NDCG@10", "Pref. loss",
+                     "Reward acc.", "Chosen reward", "Score margin"], body)]
 
 
 def _warmup_lines(ax, results: Mapping[str, Any]) -> None:

@@ -34,11 +34,12 @@ def test_full_preset_trains_one_warmup_per_architecture_and_seed(parameters):
     dpo = _by_suffix(pipe, "train_rodpo_model")
     # 2 architectures (sparse MoE, MLP) x 3 seeds
     assert len(warmups) == 2 * 3
-    # 11 distinct DPO settings x 3 seeds: RoDPO (= Top-K = K=50 = beta=1.0), random, argmax,
-    # w/o Sparse MoE, lambda = 0, K in {10, 20, 100}, beta in {0.1, 0.5, 2.0}
-    assert len(dpo) == 11 * 3
+    # 12 distinct DPO settings x 3 seeds: RoDPO (= Top-K = K=50 = beta=1.0), random, argmax,
+    # w/o Sparse MoE, lambda = 0 (the control of every sparse-MoE row), K in {10, 20, 100},
+    # beta in {0.1, 0.5, 2.0}, and the lambda = 0 control of w/o Sparse MoE
+    assert len(dpo) == 12 * 3
     # every run is evaluated once; two nodes per study (results, then reports)
-    assert len(_by_suffix(pipe, "evaluate_recommender")) == 39
+    assert len(_by_suffix(pipe, "evaluate_recommender")) == 42
     assert len(_by_suffix(pipe, "summarise_study")) == len(_by_suffix(pipe, "report_study")) == 3
     assert {n.func for n in warmups} == {train_warmup_model}
     assert {n.func for n in dpo} == {train_rodpo_model}
@@ -53,7 +54,9 @@ def test_dpo_runs_start_from_the_warmup_of_their_architecture_and_seed(parameter
     assert (dpo["experiments.runs.rodpo_moe_mode_mlp_s2022"].inputs[0]
             == "experiments.runs.warmup_moe_mode_mlp_s2022.model")
     warmup_inputs = {n.inputs[0] for n in dpo.values()}
-    assert len(warmup_inputs) == 2 * 3  # 33 DPO runs read 6 warm-up models
+    assert len(warmup_inputs) == 2 * 3  # 36 DPO runs read 6 warm-up models
+    assert (dpo["experiments.runs.rodpo_moe_mode_mlp_lambda_dpo0p0_s2020"].inputs[0]
+            == "experiments.runs.warmup_moe_mode_mlp_s2020.model")  # a control starts from its row's warm-up
     # the only free inputs are the shared data and parameters: nothing is trained twice
     assert {name for name in pipe.inputs() if not name.startswith("params:")} == {
         "sequence_splits", "item_id_map", "item_text_features", "item_image_features", "item_image_mask",
@@ -63,12 +66,24 @@ def test_dpo_runs_start_from_the_warmup_of_their_architecture_and_seed(parameter
 def test_quick_preset_is_smaller_and_registered_outside_the_default(parameters):
     quick = experiments_pipeline(plan_from_parameters(parameters, "experiments_quick"), "experiments_quick")
     assert len(_by_suffix(quick, "train_warmup_model")) == 2 * 2
-    assert len(_by_suffix(quick, "train_rodpo_model")) == 7 * 2
+    assert len(_by_suffix(quick, "train_rodpo_model")) == 8 * 2  # 7 settings + the MLP's λ = 0 control
     assert all(n.name.startswith("experiments_quick.") for n in quick.nodes)
     bootstrap_project(REPO_ROOT)
-    assert {"experiments", "experiments_quick"} <= set(pipelines)
+    assert {"experiments", "experiments_quick", "objectives", "objectives_quick"} <= set(pipelines)
     default = {n.name for n in pipelines["__default__"].nodes}
-    assert not any(name.startswith("experiments") for name in default)
+    assert not any(name.startswith(("experiments", "objectives")) for name in default)
+
+
+def test_objectives_preset_crosses_the_objectives_with_the_negative_pools(parameters):
+    plan = plan_from_parameters(parameters, "objectives")
+    study = plan.studies["objectives"]
+    objectives = {(plan.settings[row.setting].difference.get("rodpo.dpo.objective", "dpo"),
+                   plan.settings[row.setting].difference.get("rodpo.dpo.negative_strategy", "topk_uniform"))
+                  for row in study.rows}
+    assert objectives == {(o, s) for o in ("dpo", "simpo", "bpr") for s in ("topk_uniform", "argmax", "random")} | {
+        ("sdpo", "topk_uniform"), ("sdpo", "random")}  # argmax has a pool of one: S-DPO would be DPO
+    assert {row.control for row in study.rows} == {"rodpo_lambda_dpo0p0"} and len(plan.seeds) == 3
+    assert len([s for s in plan.settings.values() if s.stage == "dpo"]) == 11 + 1
 
 
 def test_run_time_parameters_that_change_the_runs_stop_the_plan_node(parameters):

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 # Prefixes of the keyword inputs of the study nodes: "<kind>:<run or setting>".
 METRICS_INPUT = "metrics:"
 RANKS_INPUT = "ranks:"
+HISTORY_INPUT = "history:"
 LOGITS_INPUT = "logits:"
 
 
@@ -60,10 +61,11 @@ def _by_prefix(inputs: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 def summarise_experiment_study(spec: dict, metrics: list[str], significance: SignificanceParams,
                                dataset: str, **run_outputs: Any) -> dict:
-    """Results of one study from its runs' metrics ("metrics:<run>") and user ranks ("ranks:<run>")."""
+    """Results of one study from its runs' metrics ("metrics:<run>"), user ranks ("ranks:<run>") and
+    training histories ("history:<run>")."""
     return summarise_study(Study.from_dict(spec), _by_prefix(run_outputs, METRICS_INPUT),
                            _by_prefix(run_outputs, RANKS_INPUT), metrics=metrics, params=significance,
-                           dataset=dataset)
+                           dataset=dataset, run_histories=_by_prefix(run_outputs, HISTORY_INPUT))
 
 
 def report_experiment_study(results: dict, **logit_samples: pl.DataFrame

@@ -121,7 +121,8 @@ def study_pipeline(preset: str, study: Study) -> Pipeline:
     first_seed = study.seeds[0]
     run_inputs, external = {}, {}
     for run in study.runs():
-        for prefix, output in ((nodes.METRICS_INPUT, "metrics"), (nodes.RANKS_INPUT, "user_ranks")):
+        for prefix, output in ((nodes.METRICS_INPUT, "metrics"), (nodes.RANKS_INPUT, "user_ranks"),
+                               (nodes.HISTORY_INPUT, "history")):
             run_inputs[f"{prefix}{run}"] = f"{run}__{output}"
             external[f"{run}__{output}"] = f"{_run_outputs(preset, run)}.{output}"
     logit_inputs = {}
