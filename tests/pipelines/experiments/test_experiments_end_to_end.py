@@ -32,7 +32,8 @@ def quick_study(tmp_path_factory, project_copy_factory, kedro_runner, trainer_lo
     """The project after the data pipelines and one ``experiments_quick`` run, and the trainer's log."""
     project = project_copy_factory(tmp_path_factory.mktemp("experiments"))
     # The study design is read when the pipeline is built, so run-wide overrides go in conf/local.
-    local = {"experiments_quick": {"overrides": QUICK_OVERRIDES, "significance": {"n_resamples": 200}}}
+    local = {preset: {"overrides": QUICK_OVERRIDES, "significance": {"n_resamples": 200}}
+             for preset in ("experiments_quick", "objectives_quick")}
     (project / "conf/local/parameters_experiments.yml").write_text(yaml.safe_dump(local))
     kedro_runner(project, ["data_download", "data_processing", "feature_extraction"], SMALL_DEMO)
     with trainer_log() as messages:
@@ -80,10 +81,11 @@ def test_shared_runs_are_trained_once(quick_study):
     _, log = quick_study
     warmups = [m for m in log if m.startswith("warmup epoch 1:")]
     dpo_runs = [m for m in log if m.startswith("dpo epoch 1:")]
-    # 2 architectures (sparse MoE, MLP) x 2 seeds; 7 DPO settings (rodpo = Top-K = K=50 = beta=1.0,
-    # random, argmax, MLP, lambda=0, K=10, beta=0.5) x 2 seeds
+    # 2 architectures (sparse MoE, MLP) x 2 seeds; 8 DPO settings (rodpo = Top-K = K=50 = beta=1.0,
+    # random, argmax, MLP, lambda=0 = the control of every sparse-MoE row, K=10, beta=0.5, the MLP's
+    # lambda=0 control) x 2 seeds
     assert len(warmups) == 4
-    assert len(dpo_runs) == 14
+    assert len(dpo_runs) == 16
 
 
 def test_the_study_run_is_tracked_with_curves_final_metrics_and_reports(quick_study, mlflow_tracking_store):
@@ -104,3 +106,34 @@ def test_the_study_run_is_tracked_with_curves_final_metrics_and_reports(quick_st
 
     reports = {Path(a.path).name for a in client.list_artifacts(run_id, "reports/experiments_quick")}
     assert {f"{study}{suffix}" for study in STUDIES for suffix in (".md", ".png", "_logits.png")} <= reports
+
+
+@pytest.fixture(scope="module")
+def objectives_study(quick_study, kedro_runner, trainer_log):
+    """``objectives_quick`` after ``experiments_quick`` in the same project (shared checkpoints)."""
+    project, _ = quick_study
+    with trainer_log() as messages:
+        kedro_runner(project, ["objectives_quick"], {**SMALL_DEMO, **TINY_MODEL})
+    return project, messages
+
+
+def test_the_objectives_study_reports_each_variant_against_its_warmup_and_lambda_zero_control(objectives_study):
+    project, log = objectives_study
+    reports = project / "data/08_reporting/demo/objectives_quick"
+    results = json.loads(_latest(reports / "objectives.json").read_text())
+    assert [row["label"] for row in results["rows"]] == [
+        "DPO, top-K uniform (RoDPO)", "DPO, argmax", "DPO, random", "S-DPO (M = 2), top-K uniform",
+        "SimPO (γ = 0.5), top-K uniform", "BPR, top-K uniform"]
+    assert results["metrics"] == ["ndcg@5", "mrr@5", "ndcg@5:masked", "mrr@5:masked"]
+    assert {row["control"] for row in results["rows"]} == {"rodpo_lambda_dpo0p0"}
+    controlled = {t["b"] for t in results["tests"] if t["kind"] == "vs_control" and t["a"] == "rodpo_lambda_dpo0p0"}
+    assert controlled == {row["setting"] for row in results["rows"]}
+    for setting in results["settings"].values():  # how every run trained, per seed
+        assert set(setting["training"]) == {"2020", "2021"}
+    assert results["settings"]["rodpo_objective_bpr"]["training"]["2020"]["score_margin"] is not None
+    table = (reports / "objectives.md").read_text()
+    assert "| NDCG@5 (masked) |" in table and "| _λ = 0 control_ |" in table  # shown for context
+    assert "### Training" in table and "| S-DPO (M = 2), top-K uniform |" in table
+    # the warm-ups and the runs shared with experiments_quick (RoDPO, argmax, random, λ = 0) were not retrained
+    assert not [m for m in log if m.startswith("warmup epoch 1:")]
+    assert len([m for m in log if m.startswith("dpo epoch 1:")]) == 3 * 2  # S-DPO, SimPO, BPR x 2 seeds
