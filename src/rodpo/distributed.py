@@ -141,12 +141,13 @@ def _worker_main(rank: int, world_size: int, backend: str, port: int, timeout_s:
 
 
 def launch_local(function: Callable[..., Any], world_size: int, arguments: tuple, *, backend: str,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> Any:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, task: str = "training",
+                 recovery: str = "The last checkpoint is kept: rerun to resume from it.") -> Any:
     """Run `function(context, *arguments)` on `world_size` local ranks and return rank 0's result.
 
     This process is rank 0 (so its result needs no transfer); ranks 1..N-1 are spawned processes,
     which receive `arguments` pickled by multiprocessing (in-memory objects of this process only).
-    A rank that dies ends the run with an error naming it.
+    A rank that dies ends the run with an error naming it, the `task` and what survives (`recovery`).
     """
     if world_size == 1:
         return function(SINGLE_PROCESS, *arguments)
@@ -178,9 +179,8 @@ def launch_local(function: Callable[..., Any], world_size: int, arguments: tuple
                 worker.terminate()
         if dead:
             names = ", ".join(f"{name.removeprefix('rodpo-')} (exit code {code})" for name, code in dead)
-            raise DistributedError(f"distributed training failed: {names} died; rank 0 stopped with "
-                                   f"{type(error).__name__}: {error}. The last checkpoint is kept: rerun to "
-                                   "resume from it.") from error
+            raise DistributedError(f"distributed {task} failed: {names} died; rank 0 stopped with "
+                                   f"{type(error).__name__}: {error}. {recovery}") from error
         raise
     finally:
         torch.set_num_threads(threads_before)

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).with_name("open_clip_configs")
 DEMO_ARCH = "RoDPO-Tiny-ViT"
 WHITE = (255, 255, 255)
+# Manifest entries that add up over item slices (features.sharding merges the ranks' manifests).
+MANIFEST_COUNTS = ("items", "items_with_image", "image_failures", "image_fetch")
 
 
 def _register_configs() -> None:

@@ -30,6 +30,7 @@ USER_AGENT = "rodpo-image-fetch/0.1"
 READ_CHUNK_BYTES = 1 << 16
 BODY_DEADLINE_TIMEOUTS = 3  # timeout_s bounds each socket read; a body trickling past 3x that is dropped
 EXAMPLES_PER_REASON = 3
+LEFTOVER_PART_AGE_S = 600  # a temp file older than this is an interrupted write, not one in progress
 EXTENSION_BY_FORMAT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 # HTTP statuses worth another try: the server may answer later. Other 4xx are final.
 RETRYABLE_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -126,6 +127,17 @@ def _write_atomic(directory: Path, name: str, data: bytes) -> Path:
         raise
 
 
+def _remove_leftover_parts(cache_dir: Path) -> None:
+    """Delete temp files of an interrupted run. Only old ones: a temp file lives for one write
+    (milliseconds), and a young one may be another rank's write in progress into the same cache."""
+    for leftover in cache_dir.glob(".*.part"):
+        try:
+            if time.time() - leftover.stat().st_mtime > LEFTOVER_PART_AGE_S:
+                leftover.unlink(missing_ok=True)
+        except FileNotFoundError:  # renamed or removed by its writer meanwhile
+            pass
+
+
 def _cached_file_intact(cached: Path) -> bool:
     """True when a cached image still decodes. A corrupt one (a write cut short by a crash or another
     tool, disk damage, a file copied in by hand) is deleted, so this run fetches it again instead of
@@ -185,8 +197,7 @@ def fetch_item_images(
     check_item_ids(items)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in cache_dir.glob(".*.part"):  # temp files of an interrupted run
-        leftover.unlink(missing_ok=True)
+    _remove_leftover_parts(cache_dir)
     cached_by_key = {path.stem: path for path in cache_dir.iterdir() if not path.name.startswith(".")}
 
     urls = [(url or "").strip() for url in item_column(items, "image_url")]

