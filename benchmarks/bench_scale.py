@@ -2,7 +2,8 @@
 """Memory and speed of RoDPO's full-catalog scoring at 10^4..10^6 items: dense logits vs the chunked core.
 
 Synthetic catalogs (ID-only, or 64-d text + image features with 10% of images missing), d = 64,
-batches of 256 windows of 51 real items (50 targets each, 12,800 target rows), measured for
+batches of 256 windows of T + 1 real items (--targets-per-sequence T, default 50 = full windows:
+12,800 target rows; the rest of a window is padding, as in short real sequences), measured for
 - warmup: one CE step (loss, backward, clip, Adam step, as Stage.train_epoch does);
 - dpo:    one stage-2 step (CE + DPO, K = 50 topk_uniform negatives, reference = frozen copy);
 - eval:   full ranking (exact target ranks) of one batch of 2,048 users.
@@ -69,7 +70,7 @@ VARIANTS = {  # as benchmarks/bench_training.py: a SASRec-like ID-only model and
     "multimodal": dict(modalities=("id", "text", "image"), moe_mode="sparse", temporal=True),
 }
 HIDDEN_SIZE = 64
-MAX_SEQ_LEN = 50  # windows of MAX_SEQ_LEN + 1 items, all real: MAX_SEQ_LEN targets per window
+MAX_SEQ_LEN = 50  # windows of MAX_SEQ_LEN + 1 items; by default all real: MAX_SEQ_LEN targets per window
 BATCH_SIZE = 256
 EVAL_USERS = 2048
 DPO_K = 50
@@ -94,10 +95,13 @@ def _sequences(rng: np.random.Generator, n_rows: int, width: int, n_items: int) 
     return items, times
 
 
-def synthetic_data(n_items: int, n_windows: int, n_eval_users: int, seed: int = SEED) -> SequenceData:
-    """Training windows of MAX_SEQ_LEN + 1 real items; valid/test users with MAX_SEQ_LEN-item histories."""
+def synthetic_data(n_items: int, n_windows: int, n_eval_users: int, seed: int = SEED,
+                   targets_per_sequence: int = MAX_SEQ_LEN) -> SequenceData:
+    """Training windows of targets_per_sequence + 1 real items, zero-padded on the right to MAX_SEQ_LEN + 1;
+    valid/test users with MAX_SEQ_LEN-item histories."""
     rng = np.random.default_rng(seed)
     train_items, train_times = _sequences(rng, n_windows, MAX_SEQ_LEN + 1, n_items)
+    train_items[:, targets_per_sequence + 1:] = train_times[:, targets_per_sequence + 1:] = 0
 
     def split() -> EvalSequences:
         items, times = _sequences(rng, n_eval_users, MAX_SEQ_LEN + 1, n_items)
@@ -233,10 +237,12 @@ def measure_step(config: dict) -> dict:
     device = resolve_device(config["device"])
     n_items, stage_name, path = config["n_items"], config["stage"], config["path"]
     batch_size, eval_users, steps = config["batch_size"], config["eval_users"], config["steps"]
-    n_rows = eval_users if stage_name == "eval" else batch_size * MAX_SEQ_LEN
+    targets_per_sequence = config.get("targets_per_sequence", MAX_SEQ_LEN)  # training windows only
+    n_rows = eval_users if stage_name == "eval" else batch_size * targets_per_sequence
     record = {"n_items": n_items, "variant": config["variant"], "stage": stage_name, "path": path,
               "device": str(device), "threads": torch.get_num_threads(), "steps": steps,
               "sequences": eval_users if stage_name == "eval" else batch_size, "rows": n_rows,
+              "targets_per_sequence": 1 if stage_name == "eval" else targets_per_sequence, "targets_per_step": n_rows,
               "chunk_items": None if path == "dense" else scoring.resolve_chunk_items(
                   config["chunk_items"], n_rows, n_items, device)}
     if path == "dense":
@@ -255,7 +261,8 @@ def measure_step(config: dict) -> dict:
         _force_chunked_cross_entropy()
 
     n_windows = batch_size * (steps + 1) if stage_name != "eval" else 1  # a fresh batch every step
-    data = synthetic_data(n_items, n_windows, eval_users if stage_name == "eval" else 1)
+    data = synthetic_data(n_items, n_windows, eval_users if stage_name == "eval" else 1,
+                          targets_per_sequence=targets_per_sequence)
     model = synthetic_model(data, config["variant"])
     if stage_name == "eval":
         model.to(device)
@@ -364,7 +371,8 @@ def planned_configs(args: argparse.Namespace) -> list[dict]:
                     for path in paths:
                         configs.append({"kind": "step", "n_items": n_items, "variant": variant, "stage": stage,
                                         "path": path, "steps": args.steps, "batch_size": args.batch_size,
-                                        "eval_users": args.eval_users, **common})
+                                        "eval_users": args.eval_users,
+                                        "targets_per_sequence": args.targets_per_sequence, **common})
     if run_scaling:
         for world_size in sorted(int(w) for w in _csv(args.world_size or "1,2")):
             configs.append({"kind": "scaling", "world_size": world_size, "batch_size": args.batch_size,
@@ -405,6 +413,8 @@ def main() -> None:
                              "a world-size run gives each rank threads // world_size)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="training windows per step")
     parser.add_argument("--eval-users", type=int, default=EVAL_USERS, help="users in the evaluation batch")
+    parser.add_argument("--targets-per-sequence", type=int, default=MAX_SEQ_LEN, choices=range(1, MAX_SEQ_LEN + 1),
+                        metavar="T", help=f"real targets per training window, 1..{MAX_SEQ_LEN} (the rest is padding)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one configuration, in this process
     args = parser.parse_args()
     if args.one:

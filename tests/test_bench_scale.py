@@ -64,3 +64,13 @@ def test_command_line_runs_each_configuration_in_a_subprocess_and_prints_its_jso
     (record,) = [json.loads(line) for line in done.stdout.splitlines()]
     assert (record["stage"], record["path"], record["threads"]) == ("eval", "chunked", 1)
     assert record["peak_rss_bytes"] >= record["import_rss_bytes"] > 0
+
+
+def test_targets_per_sequence_sets_the_real_targets_of_every_training_step(bench):
+    record = bench.run_one({**TINY, "stage": "warmup", "path": "dense", "targets_per_sequence": 5})
+    assert (record["targets_per_sequence"], record["targets_per_step"], record["rows"]) == (5, 4 * 5, 4 * 5)
+    assert record["predicted_bytes"] == bench.DENSE_BYTES_PER_CELL["warmup"] * 4 * 5 * 121
+    data = bench.synthetic_data(120, 4, 1, targets_per_sequence=5)
+    stage = bench.Stage(bench.synthetic_model(data, "id_only"), data,
+                        bench.TrainConfig(device="cpu", progress_bar=False), reference_model=None)
+    assert stage.step_losses(stage.train_items, stage.train_timestamps)["n_targets"] == 4 * 5
