@@ -129,13 +129,15 @@ def init_from_torchrun(backend: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Di
 
 
 def _worker_main(rank: int, world_size: int, backend: str, port: int, timeout_s: float,
-                 function: Callable[..., Any], arguments: tuple) -> None:
-    """Entry point of a spawned worker (rank >= 1): join, run, leave."""
+                 function: Callable[..., Any], arguments: tuple, finished: Any = None) -> None:
+    """Entry point of a spawned worker (rank >= 1): join, run, say it finished, leave."""
     configure_torch_threads("auto", processes=world_size)
     os.environ["LOCAL_RANK"] = str(rank)
     init_process_group(rank, world_size, backend, address="127.0.0.1", port=port, timeout_s=timeout_s)
     try:
         function(DistributedContext(rank, world_size, rank), *arguments)
+        if finished is not None:
+            finished[rank] = 1
     finally:
         dist.destroy_process_group()
 
@@ -156,8 +158,9 @@ def launch_local(function: Callable[..., Any], world_size: int, arguments: tuple
                                "leave world_size at 1; torchrun's --nproc-per-node sets the ranks.")
     port = _free_local_port()
     spawn = mp.get_context("spawn")
+    finished = spawn.Array("b", world_size)  # a worker sets its flag once its work is done
     workers = [spawn.Process(target=_worker_main, args=(rank, world_size, backend, port, timeout_s, function,
-                                                        arguments), name=f"rodpo-rank{rank}")
+                                                        arguments, finished), name=f"rodpo-rank{rank}")
                for rank in range(1, world_size)]
     for worker in workers:
         worker.start()
@@ -185,9 +188,12 @@ def launch_local(function: Callable[..., Any], world_size: int, arguments: tuple
     finally:
         torch.set_num_threads(threads_before)
         os.environ.pop("LOCAL_RANK", None)
-    for worker in workers:
+    for rank, worker in enumerate(workers, start=1):
         worker.join(timeout=timeout_s)
-        if worker.exitcode != 0:
+        if worker.exitcode != 0 and finished[rank]:  # gloo can abort in teardown after the work is done
+            logger.warning("%s finished its work, then exited with code %s while leaving the process group; "
+                           "the result is complete.", worker.name.removeprefix("rodpo-"), worker.exitcode)
+        elif worker.exitcode != 0:
             raise DistributedError(f"{worker.name.removeprefix('rodpo-')} ended with exit code {worker.exitcode} "
                                    "after rank 0 finished; see its log above.")
     return result
