@@ -157,8 +157,8 @@ def summarise_study(
                          "must hand every run of the study to this node.")
     metrics = study_columns(metrics, run_ranks, study.runs())
     settings = {name: _setting_summary(study, name, run_metrics, run_ranks, metrics) for name in study.settings()}
-    for summary in settings.values():
-        if run_histories is not None:
+    if run_histories is not None:
+        for summary in settings.values():
             summary["training"] = {seed: training_summary(run_histories[run]) for seed, run in summary["runs"].items()
                                    if run in run_histories}
     users = {name: seed_averaged_user_metrics([run_ranks[run] for run in summary["runs"].values()], metrics)
