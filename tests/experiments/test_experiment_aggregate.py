@@ -74,24 +74,85 @@ def test_summary_has_mean_and_std_over_seeds():
     assert results["users"] == N_USERS and results["seeds"] == [1, 2]
 
 
-def test_markers_flag_significant_differences_only():
+def test_two_seeds_give_no_seed_level_p_and_no_markers():
+    """RoDPO beats its warm-up on every user (users-only p = 1/1000), but with 2 trained seeds
+    there is no test across seeds: no p_seed, no marker, and the users-only test is secondary."""
     metrics, user_ranks = study_inputs()
     results = summarise_study(STUDY, metrics, user_ranks, metrics=METRICS, params=PARAMS)
-    markers = {row["label"]: row["markers"] for row in results["rows"]}
-    # RoDPO beats its warm-up on every user (seed-averaged MRR@5 1 or 0.5 vs 0): †; it is the reference: no ‡
-    assert markers["RoDPO"] == {"ndcg@5": "†", "mrr@5": "†"}
-    # 'Other' ranks exactly like its warm-up (p = 1): no †; RoDPO beats it on every user: ‡
-    assert markers["Other"] == {"ndcg@5": "‡", "mrr@5": "‡"}
+    assert all(row["markers"] == {"ndcg@5": "", "mrr@5": ""} for row in results["rows"])
     tests = {(t["kind"], t["a"], t["b"], t["metric"]): t for t in results["tests"]}
-    assert set(tests) == {(kind, a, b, m) for kind, a, b in [("vs_warmup", "warmup", "rodpo"),
-                                                            ("vs_warmup", "warmup", "rodpo_other"),
-                                                            ("vs_reference", "rodpo_other", "rodpo")]
-                          for m in METRICS}
-    same = tests["vs_warmup", "warmup", "rodpo_other", "ndcg@5"]
-    assert same["mean_diff"] == 0 and same["p_value"] == 1 and not same["significant"]
     better = tests["vs_reference", "rodpo_other", "rodpo", "mrr@5"]
-    assert better["mean_diff"] == pytest.approx(0.75)  # b - a: RoDPO's MRR@5 (1 or 0.5) vs 0 on every user
-    assert better["p_value"] == pytest.approx(1 / 1000) and better["significant"]
+    assert better["p_users"] == pytest.approx(1 / 1000)
+    for test in results["tests"]:
+        assert test["p_seed"] is None and test["ci95_seed"] is None and test["p_holm"] is None
+        assert test["q_bh"] is None and not test["significant"]
+        assert test["seed_test_unavailable"].startswith("not available: 2 seed(s)")
+
+
+FRACTIONS = (1.0, 0.9, 0.95, 0.85)  # per seed, the share of users RoDPO ranks 1st (else 10th)
+
+
+def four_seed_inputs() -> tuple[Study, dict, dict]:
+    """Warm-up and 'Other' rank every target 10th (metric 0); RoDPO ranks FRACTIONS[s] of the users
+    1st with seed s, so its per-seed NDCG@5 (= MRR@5) difference to both is exactly FRACTIONS[s]."""
+    study = Study(name="t2", title="Table 2", kind="rows", seeds=(1, 2, 3, 4), rows=STUDY.rows)
+    users = list(range(1, N_USERS + 1))
+    metrics, user_ranks = {}, {}
+    for setting in ("rodpo", "rodpo_other", "warmup"):
+        for seed, fraction in zip(study.seeds, FRACTIONS):
+            first = round(fraction * N_USERS) if setting == "rodpo" else 0
+            metrics[f"{setting}_s{seed}"] = {"test": {}}
+            user_ranks[f"{setting}_s{seed}"] = ranks(users, [1] * first + [10] * (N_USERS - first))
+    return study, metrics, user_ranks
+
+
+def test_seed_level_tests_holm_and_markers_on_four_seeds():
+    from rodpo.evaluation.inference import paired_t
+
+    study, metrics, user_ranks = four_seed_inputs()
+    results = summarise_study(study, metrics, user_ranks, metrics=METRICS, params=PARAMS)
+    tests = {(t["kind"], t["a"], t["b"], t["metric"]): t for t in results["tests"]}
+    assert len(tests) == 6  # 3 comparisons x 2 metrics: one family
+    better = tests["vs_warmup", "warmup", "rodpo", "ndcg@5"]
+    assert better["per_seed_diff"] == pytest.approx(list(FRACTIONS))
+    p = paired_t(FRACTIONS)[1]
+    assert better["p_seed"] == pytest.approx(p) and better["p_signflip"] == pytest.approx(2 / 16)
+    # four equal p and two p = 1 (Other = warm-up: all differences 0): Holm 6p, BH 6p / 4
+    assert better["p_holm"] == pytest.approx(6 * p) and better["q_bh"] == pytest.approx(1.5 * p)
+    low, high = better["ci95_seed"]
+    # seeds resampled, then the 40 users within each: around the seed range, a little wider
+    assert min(FRACTIONS) - 0.05 < low < sum(FRACTIONS) / 4 < high <= 1.0
+    same = tests["vs_warmup", "warmup", "rodpo_other", "ndcg@5"]
+    assert same["p_seed"] == 1.0 and same["p_holm"] == 1.0 and not same["significant"]
+    markers = {row["label"]: row["markers"] for row in results["rows"]}
+    assert markers == {"RoDPO": {"ndcg@5": "†", "mrr@5": "†"}, "Other": {"ndcg@5": "‡", "mrr@5": "‡"}}
+    assert results["rows"][1]["bold"] == {"ndcg@5": True, "mrr@5": True}  # beats its warm-up (no control)
+    assert results["rows"][0]["bold"] == {"ndcg@5": False, "mrr@5": False}
+
+
+def test_primary_comparisons_get_their_own_family_and_a_verdict():
+    study, metrics, user_ranks = four_seed_inputs()
+    primary = [{"row": "RoDPO", "versus": "warmup", "metric": "ndcg@5"}]
+    results = summarise_study(study, metrics, user_ranks, metrics=METRICS, params=PARAMS, primary=primary)
+    chosen = [t for t in results["tests"] if t["primary"]]
+    assert [(t["a"], t["b"], t["metric"]) for t in chosen] == [("warmup", "rodpo", "ndcg@5")]
+    assert chosen[0]["p_holm_primary"] == pytest.approx(chosen[0]["p_seed"])  # a family of one
+    (verdict,) = results["primary"]
+    assert verdict["verdict"].startswith("significant: b better than a")
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"row": "Nope", "versus": "warmup", "metric": "ndcg@5"}, "not a row"),
+    ({"row": "RoDPO", "versus": "sideways", "metric": "ndcg@5"}, "versus='sideways'"),
+    ({"row": "RoDPO", "versus": "warmup", "metric": "hit@99"}, "not tested"),
+    ({"row": "RoDPO", "versus": "lambda_zero_control", "metric": "ndcg@5"}, "no lambda_zero_control"),
+    ({"row": "RoDPO"}, "expected {study, row, versus, metric}"),
+])
+def test_unknown_primary_comparisons_are_refused_by_name(entry, message):
+    study, metrics, user_ranks = four_seed_inputs()
+    with pytest.raises(ValueError, match=r"primary\[0\]") as error:
+        summarise_study(study, metrics, user_ranks, metrics=METRICS, params=PARAMS, primary=[entry])
+    assert message in str(error.value)
 
 
 def test_missing_runs_are_named():
@@ -115,7 +176,7 @@ def test_rows_are_tested_against_their_lambda_zero_control_and_under_the_masked_
     assert results["metrics"] == [*METRICS, "ndcg@5:masked", "mrr@5:masked"]
     row = results["rows"][0]
     assert row["mean"]["ndcg@5"] == 0 and row["mean"]["ndcg@5:masked"] == 1.0
-    assert row["markers"] == {"ndcg@5": "", "mrr@5": "", "ndcg@5:masked": "†§", "mrr@5:masked": "†§"}
+    assert row["markers"] == {"ndcg@5": "", "mrr@5": "", "ndcg@5:masked": "", "mrr@5:masked": ""}  # 1 seed
     kinds = {(t["kind"], t["a"], t["b"]) for t in results["tests"]}
     assert kinds == {("vs_warmup", "warmup", "rodpo"), ("vs_control", "control", "rodpo")}
     # runs evaluated before the masked column existed: the first protocol only

@@ -15,6 +15,7 @@ Benjamini-Hochberg q (false discovery rate), both monotone and capped at 1.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -67,37 +68,49 @@ def paired_t(differences: Sequence[float]) -> tuple[float | None, float | None]:
     return float(t), float(2.0 * stats.t.sf(abs(t), df=d.size - 1))
 
 
+@functools.lru_cache(maxsize=64)
+def _user_resample_counts(n_users: int, replicate: int, within_resamples: int, seed: int) -> np.ndarray:
+    """(within_resamples, n_users) multinomial counts of user resamples for one seed (read-only).
+
+    Keyed by the seed's position, not by the comparison: every comparison of a study reuses them
+    (common random numbers; a study's tests cost one matrix product each)."""
+    rng = np.random.default_rng([seed, replicate, n_users])
+    drawn = rng.integers(0, n_users, size=(within_resamples, n_users))  # users drawn with replacement
+    drawn += np.arange(within_resamples)[:, None] * n_users
+    counts = np.bincount(drawn.ravel(), minlength=within_resamples * n_users).astype(np.uint16)
+    counts = counts.reshape(within_resamples, n_users)
+    counts.flags.writeable = False
+    return counts
+
+
 def two_level_bootstrap(per_seed_user_differences: Sequence[np.ndarray], *, confidence: float = 0.95,
                         n_resamples: int = 10_000, within_resamples: int = 1_000,
                         seed: int = 0) -> tuple[float, float]:
     """Percentile CI of the mean over seeds of the per-seed mean user difference.
 
     Level 1 draws S seeds with replacement; level 2 gives each drawn seed the mean of a user
-    resample of its own differences. The user resamples are drawn once per seed
-    (`within_resamples` of them, as multinomial counts: one matrix product for all of them) and each
-    level-1 draw picks one at random, so a seed drawn twice gets two independent user resamples.
+    resample of its own differences. `within_resamples` user resamples are drawn per seed (as
+    multinomial counts, so all of them are one matrix product) and each level-1 draw picks one at
+    random, so a seed drawn twice gets two independent user resamples.
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence: expected a value in (0, 1) such as 0.95, got {confidence}.")
     if n_resamples < 1 or within_resamples < 1:
         raise ValueError(f"n_resamples={n_resamples}, within_resamples={within_resamples}: both must be >= 1.")
-    rng = np.random.default_rng(seed)
     seed_means = []  # per seed: (within_resamples,) means of user resamples
     for index, diff in enumerate(per_seed_user_differences):
         diff = np.asarray(diff, dtype=np.float64).ravel()
         if diff.size == 0 or not np.all(np.isfinite(diff)):
             raise ValueError(f"per_seed_user_differences[{index}]: expected a non-empty finite per-user vector.")
-        means = np.empty(within_resamples)
-        rows = max(1, 2**22 // diff.size)  # bounded memory per chunk of resamples
-        for start in range(0, within_resamples, rows):
-            size = min(rows, within_resamples - start)
-            counts = rng.multinomial(diff.size, np.full(diff.size, 1.0 / diff.size), size=size)  # (size, n)
-            means[start:start + size] = counts @ diff / diff.size
-        seed_means.append(means)
+        counts = _user_resample_counts(diff.size, index, within_resamples, seed)
+        rows = max(1, 2**22 // diff.size)  # bounded memory: convert a block of resamples at a time
+        seed_means.append(np.concatenate([counts[start:start + rows] @ diff
+                                          for start in range(0, within_resamples, rows)]) / diff.size)
     if not seed_means:
         raise ValueError("per_seed_user_differences: expected one per-user vector per seed, got none.")
     table = np.stack(seed_means)  # (S, within_resamples)
     n_seeds = table.shape[0]
+    rng = np.random.default_rng([seed, n_seeds])
     drawn_seeds = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
     drawn_resample = rng.integers(0, within_resamples, size=(n_resamples, n_seeds))
     replicate_means = table[drawn_seeds, drawn_resample].mean(axis=1)
@@ -183,12 +196,12 @@ def benjamini_hochberg(p_values: Sequence[float | None]) -> list[float | None]:
     return adjusted
 
 
-def adjust_family(tests: Sequence[dict[str, Any]], p_key: str = "p_seed", *, prefix: str = "") -> None:
-    """Add `<prefix>p_holm` and `<prefix>q_bh` to every test dict, over the family `tests` (in place);
-    tests whose `p_key` is None (not available) get None."""
+def adjust_family(tests: Sequence[dict[str, Any]], p_key: str = "p_seed", *, suffix: str = "") -> None:
+    """Add `p_holm<suffix>` and `q_bh<suffix>` to every test dict, over the family `tests` (in place);
+    tests whose `p_key` is None (not available) get None and stay out of the family's size."""
     p_values = [test.get(p_key) for test in tests]
     for test, p_holm, q_bh in zip(tests, holm(p_values), benjamini_hochberg(p_values)):
-        test[f"{prefix}p_holm"], test[f"{prefix}q_bh"] = p_holm, q_bh
+        test[f"p_holm{suffix}"], test[f"q_bh{suffix}"] = p_holm, q_bh
 
 
 def describe(confidence: float, n_resamples: int) -> Mapping[str, Any]:

@@ -1,19 +1,22 @@
-"""A study's results: mean and std over seeds, and paired significance tests over users.
+"""A study's results: mean and std over seeds, and paired tests with the trained seed as the unit.
 
-Seeds: each setting is trained once per seed; a row reports the mean and sample std of the
-seeds' test metrics. Pairing: two settings are compared on the same users. With several seeds,
-each user's NDCG@5 / MRR@5 is first averaged over the seeds of a setting (the user is the unit
-of the test, the seed average is that user's score), then the two settings are paired per user:
-``rodpo.evaluation.statistics.paired_bootstrap`` gives the bootstrap CI of the mean difference
-and a sign-flip permutation p-value. Two kinds of test per study, both two-sided and without a
-multiple-comparison correction:
+Seeds: each setting is trained once per seed; a row reports the mean and sample std of the seeds'
+test metrics. A comparison of settings a and b (b - a, so a positive difference favours b) is made
+per seed on the same users: d_s = mean over users of b_s(u) - a_s(u). Its reported test is across
+seeds (``rodpo.evaluation.inference``): p_seed (paired t over the d_s), p_signflip (exact sign-flip
+over seeds), ci95_seed (two-level bootstrap: seeds, then users within a seed); fewer than 3 seeds
+gives "not available", never a p. Every test of the study is one family: p_holm (Holm) and q_bh
+(Benjamini-Hochberg) adjust p_seed over it, and markers mean p_holm < alpha. The comparisons the
+study declares primary (``<preset>.primary``) are also adjusted over their own, smaller family
+(p_holm_primary). The old user-level test (per-user metrics averaged over seeds, sign-flip over
+users) stays as a secondary column, "users, models fixed": it ignores training randomness.
+Kinds of comparison:
   vs_warmup:    a = the row's own warm-up, b = the row (stage 2's effect; marker †)
   vs_control:   a = the row's λ = 0 control (same warm-up and stage-2 budget, CE only), b = the row
                 (the preference term's own effect, beyond training longer; marker §)
   vs_reference: a = the row, b = RoDPO (the base setting) (marker ‡)
-so a positive mean_diff always favours the DPO model / RoDPO. Every metric comes twice when the
-runs' user ranks have the history-masked column: as evaluated (RecBole's protocol, the paper's)
-and with the user's history masked ("ndcg@5:masked", the S3-Rec / BSARec lineage).
+Every metric comes twice when the runs' user ranks have the history-masked column: as evaluated
+(RecBole's protocol, the paper's) and with the user's history masked ("ndcg@5:masked").
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 import polars as pl
 
 from rodpo.metrics import HISTORY_MASKED, history_masked, per_user_metrics
+from rodpo.evaluation.inference import adjust_family, describe, seed_level_comparison
 from rodpo.evaluation.statistics import CI_METHOD, P_VALUE_METHOD, mean_std, paired_bootstrap
 from rodpo.experiments.plan import Study, metric_cutoffs
 
@@ -32,18 +36,20 @@ VS_WARMUP = "vs_warmup"
 VS_CONTROL = "vs_control"
 VS_REFERENCE = "vs_reference"
 MARKERS = {VS_WARMUP: "†", VS_CONTROL: "§", VS_REFERENCE: "‡"}
+# How `<preset>.primary` names the comparison a row is tested in.
+VERSUS = {"warmup": VS_WARMUP, "lambda_zero_control": VS_CONTROL, "reference": VS_REFERENCE}
 MASKED_RANK_COLUMN = "test_rank_history_masked"
-PAIRING = ("per-user test metric averaged over the seeds of each setting, users joined on user_id, "
-           "then paired over users")
+USERS_PAIRING = ("users, models fixed: per-user test metric averaged over the seeds of each setting, "
+                 "paired over users (ignores training randomness; secondary)")
 
 
 @dataclass(frozen=True)
 class SignificanceParams:
     """Paired tests between settings (see the module docstring)."""
 
-    alpha: float = 0.05          # two-sided; a marker means p < alpha
-    confidence: float = 0.95     # bootstrap CI of the mean difference
-    n_resamples: int = 10_000    # for both the bootstrap and the permutation test
+    alpha: float = 0.05          # two-sided; a marker means p_holm < alpha
+    confidence: float = 0.95     # of both bootstrap CIs (seed-level and users-only)
+    n_resamples: int = 10_000    # seed-level bootstrap, users-only bootstrap and permutation test
     seed: int = 0
 
 
@@ -69,6 +75,20 @@ def study_columns(metrics: Sequence[str], run_ranks: Mapping[str, pl.DataFrame],
     return list(metrics)
 
 
+def _same_users(frames: Sequence[pl.DataFrame], what: str) -> None:
+    users = frames[0]["user_id"]
+    for index, frame in enumerate(frames[1:], start=1):
+        if not frame["user_id"].equals(users):
+            raise ValueError(f"{what}[{index}]: evaluated on other users than {what}[0]; all runs of a study "
+                             "must use the same sequence_splits.")
+
+
+def _average(frames_by_seed: Sequence[pl.DataFrame], metrics: Sequence[str]) -> pl.DataFrame:
+    _same_users(frames_by_seed, "ranks_by_seed")
+    return pl.DataFrame({"user_id": frames_by_seed[0]["user_id"],
+                         **{m: sum(f[m] for f in frames_by_seed) / len(frames_by_seed) for m in metrics}})
+
+
 def seed_averaged_user_metrics(ranks_by_seed: Sequence[pl.DataFrame], metrics: Sequence[str]) -> pl.DataFrame:
     """(user_id, one column per metric): per-user test metrics averaged over seeds.
 
@@ -77,38 +97,72 @@ def seed_averaged_user_metrics(ranks_by_seed: Sequence[pl.DataFrame], metrics: S
     """
     if not ranks_by_seed:
         raise ValueError("ranks_by_seed: expected one user_ranks frame per seed, got none.")
-    frames = [_per_user(ranks, metrics) for ranks in ranks_by_seed]
-    users = frames[0]["user_id"]
-    for index, frame in enumerate(frames[1:], start=1):
-        if not frame["user_id"].equals(users):
-            raise ValueError(f"ranks_by_seed[{index}]: evaluated on other users than seed 0; all runs of a "
-                             "study must use the same sequence_splits.")
-    return pl.DataFrame({"user_id": users, **{m: sum(f[m] for f in frames) / len(frames) for m in metrics}})
+    return _average([_per_user(ranks, metrics) for ranks in ranks_by_seed], metrics)
 
 
-def paired_tests(a: pl.DataFrame, b: pl.DataFrame, metrics: Sequence[str],
+def paired_tests(a_by_seed: Sequence[pl.DataFrame], b_by_seed: Sequence[pl.DataFrame], metrics: Sequence[str],
                  params: SignificanceParams) -> dict[str, dict[str, Any]]:
-    """Per metric, ``paired_bootstrap`` of b - a over the users both frames share (all of them)."""
-    joined = a.join(b, on="user_id", how="inner", suffix="__b")
-    if not joined.height == a.height == b.height:
-        raise ValueError(f"paired test: the two settings were evaluated on different users ({a.height} vs "
-                         f"{b.height}, {joined.height} shared); evaluate both on the same sequence_splits.")
+    """Per metric, b - a: the seed-level test (reported) and the users-only test (secondary). The two
+    settings' frames are per seed, in the same seed order, on the same users."""
+    _same_users([*a_by_seed, *b_by_seed], "per-seed user frames")
+    users_a, users_b = _average(a_by_seed, metrics), _average(b_by_seed, metrics)
     results = {}
     for metric in metrics:
-        result = paired_bootstrap(joined[metric].to_numpy(), joined[f"{metric}__b"].to_numpy(),
-                                  n_resamples=params.n_resamples, confidence=params.confidence, seed=params.seed)
-        results[metric] = {**result, "significant": bool(result["p_value"] < params.alpha)}
+        seed = seed_level_comparison([f[metric].to_numpy() for f in a_by_seed], [f[metric].to_numpy() for f in b_by_seed],
+                                     confidence=params.confidence, n_resamples=params.n_resamples, seed=params.seed)
+        users = paired_bootstrap(users_a[metric].to_numpy(), users_b[metric].to_numpy(),
+                                 n_resamples=params.n_resamples, confidence=params.confidence, seed=params.seed)
+        results[metric] = {"mean_diff": seed["mean_diff_seed"], **seed,
+                           "p_users": users["p_value"], "ci95_users": [users["ci_low"], users["ci_high"]],
+                           "n_users": users["n"]}
     return results
 
 
+def resolve_primary(entries: Sequence[Mapping[str, Any]] | None, study: Study, metrics: Sequence[str],
+                    studies: Sequence[str] | None = None, where: str = "primary") -> set[tuple[str, str, str, str]]:
+    """The (kind, a, b, metric) tests `entries` declare primary for `study`; an entry is
+    {study (when the preset has several), row: <row label>, versus: warmup | lambda_zero_control |
+    reference, metric: <a studied metric, or "<metric>:masked">}. Anything unknown is an error naming
+    `where` (the parameter) and the choices. `studies`: every study of the preset (None: entries
+    naming another study are skipped, as the pipeline node does after the build-time check)."""
+    known = list(studies) if studies is not None else [study.name]
+    chosen: set[tuple[str, str, str, str]] = set()
+    for index, entry in enumerate(entries or []):
+        label = f"{where}[{index}]"
+        if not isinstance(entry, Mapping) or not {"row", "versus", "metric"} <= set(entry) or \
+                set(entry) - {"study", "row", "versus", "metric"}:
+            raise ValueError(f"{label}={entry!r}: expected {{study, row, versus, metric}} (study only when the preset "
+                             f"has several: {known}).")
+        name = entry.get("study", known[0] if len(known) == 1 else None)
+        if studies is None and name != study.name and "study" in entry:
+            continue  # another study's entry (the preset's entries were checked when the pipeline was built)
+        if name not in known:
+            raise ValueError(f"{label}: study {entry.get('study')!r} unknown or missing; expected one of {known}.")
+        if name != study.name:
+            continue
+        rows = {row.label: row for row in study.rows}
+        if entry["row"] not in rows:
+            raise ValueError(f"{label}: row {entry['row']!r} is not a row of study {name!r}; rows: {sorted(rows)}.")
+        if entry["versus"] not in VERSUS:
+            raise ValueError(f"{label}: versus={entry['versus']!r}; expected one of {sorted(VERSUS)}.")
+        if entry["metric"] not in metrics:
+            raise ValueError(f"{label}: metric={entry['metric']!r} is not tested; expected one of {list(metrics)}.")
+        row, kind = rows[entry["row"]], VERSUS[entry["versus"]]
+        pair = {VS_WARMUP: (row.warmup, row.setting), VS_CONTROL: (row.control, row.setting),
+                VS_REFERENCE: (row.setting, study.reference)}[kind]
+        if None in pair or pair[0] == pair[1] or (kind == VS_WARMUP and row.warmup_only):
+            raise ValueError(f"{label}: row {entry['row']!r} has no {entry['versus']} comparison.")
+        chosen.add((kind, *pair, entry["metric"]))
+    return chosen
+
+
 def _setting_summary(study: Study, setting: str, run_metrics: Mapping[str, Mapping[str, Any]],
-                     run_ranks: Mapping[str, pl.DataFrame], metrics: Sequence[str]) -> dict[str, Any]:
+                     frames: Sequence[pl.DataFrame], metrics: Sequence[str]) -> dict[str, Any]:
     """Per-seed test metrics (the evaluation's, with the studied ones recomputed from the ranks, so
     they exist whatever evaluation.ks is), their mean and sample std over seeds."""
     runs = {str(seed): f"{setting}_s{seed}" for seed in study.seeds}
     per_seed = {}
-    for seed, run in runs.items():
-        per_user = _per_user(run_ranks[run], metrics)
+    for (seed, run), per_user in zip(runs.items(), frames):
         per_seed[seed] = {**run_metrics[run]["test"], **{m: float(per_user[m].mean()) for m in metrics}}
     keys = list(next(iter(per_seed.values())))
     spread = {key: mean_std([values[key] for values in per_seed.values()]) for key in keys}
@@ -147,22 +201,27 @@ def summarise_study(
     params: SignificanceParams,
     dataset: str = "",
     run_histories: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    primary: Sequence[Mapping[str, Any]] | None = None,
+    studies: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The study's json-ready results: per setting per-seed test metrics, mean and std; per row
-    mean, std and significance markers; every paired test; with `run_histories`, per setting and
-    seed how it trained (``training_summary``). See the module docstring."""
+    mean, std and significance markers (from p_holm); every paired test with its seed-level and
+    users-only results; the primary comparisons (`primary`, see ``resolve_primary``; `studies`: the
+    preset's study names) and their verdicts; with `run_histories`, per setting and seed how it
+    trained (``training_summary``). See the module docstring."""
     missing = [run for run in study.runs() if run not in run_metrics or run not in run_ranks]
     if missing:
         raise ValueError(f"study {study.name!r}: no metrics / user_ranks for runs {missing}; the pipeline "
                          "must hand every run of the study to this node.")
     metrics = study_columns(metrics, run_ranks, study.runs())
-    settings = {name: _setting_summary(study, name, run_metrics, run_ranks, metrics) for name in study.settings()}
+    primary_tests = resolve_primary(primary, study, metrics, studies)
+    frames = {name: [_per_user(run_ranks[f"{name}_s{seed}"], metrics) for seed in study.seeds]
+              for name in study.settings()}
+    settings = {name: _setting_summary(study, name, run_metrics, frames[name], metrics) for name in study.settings()}
     if run_histories is not None:
         for summary in settings.values():
             summary["training"] = {seed: training_summary(run_histories[run]) for seed, run in summary["runs"].items()
                                    if run in run_histories}
-    users = {name: seed_averaged_user_metrics([run_ranks[run] for run in summary["runs"].values()], metrics)
-             for name, summary in settings.items()}
 
     tests: list[dict[str, Any]] = []
     done: set[tuple[str, str, str]] = set()
@@ -171,8 +230,9 @@ def summarise_study(
         if (kind, a, b) in done:
             return
         done.add((kind, a, b))
-        for metric, result in paired_tests(users[a], users[b], metrics, params).items():
-            tests.append({"kind": kind, "a": a, "b": b, "metric": metric, **result})
+        for metric, result in paired_tests(frames[a], frames[b], metrics, params).items():
+            tests.append({"kind": kind, "a": a, "b": b, "metric": metric,
+                          "primary": (kind, a, b, metric) in primary_tests, **result})
 
     compare(VS_WARMUP, study.reference_warmup, study.reference)
     if study.reference_control:
@@ -184,17 +244,34 @@ def summarise_study(
             compare(VS_CONTROL, row.control, row.setting)
         if row.setting != study.reference:
             compare(VS_REFERENCE, row.setting, study.reference)
+    adjust_family(tests)
+    chosen = [test for test in tests if test["primary"]]
+    adjust_family(chosen, suffix="_primary")
+    for test in tests:
+        test["significant"] = test["p_holm"] is not None and test["p_holm"] < params.alpha
+        if test["primary"]:
+            test["significant_primary"] = test["p_holm_primary"] is not None and test["p_holm_primary"] < params.alpha
+
+    def significant(kind: str, a: str | None, b: str, metric: str) -> bool:
+        return any(t["significant"] and (t["kind"], t["a"], t["b"], t["metric"]) == (kind, a, b, metric) for t in tests)
 
     def marker(row, metric: str) -> str:
-        found = {(t["kind"], t["a"], t["b"]) for t in tests if t["metric"] == metric and t["significant"]}
         text = ""
-        if not row.warmup_only and (VS_WARMUP, row.warmup, row.setting) in found:
+        if not row.warmup_only and significant(VS_WARMUP, row.warmup, row.setting, metric):
             text += MARKERS[VS_WARMUP]
-        if (VS_CONTROL, row.control, row.setting) in found:
+        if significant(VS_CONTROL, row.control, row.setting, metric):
             text += MARKERS[VS_CONTROL]
-        if (VS_REFERENCE, row.setting, study.reference) in found:
+        if significant(VS_REFERENCE, row.setting, study.reference, metric):
             text += MARKERS[VS_REFERENCE]
         return text
+
+    def beats_all(row, metric: str) -> bool:
+        """Bold: better than its warm-up and every control of it, each significant after Holm."""
+        if row.warmup_only:
+            return False
+        wanted = [(VS_WARMUP, row.warmup)] + ([(VS_CONTROL, row.control)] if row.control else [])
+        found = [t for t in tests if t["metric"] == metric and t["b"] == row.setting and (t["kind"], t["a"]) in wanted]
+        return len(found) == len(wanted) and all(t["significant"] and t["mean_diff"] > 0 for t in found)
 
     rows = []
     for row in study.rows:
@@ -203,7 +280,7 @@ def summarise_study(
             "label": row.label, "setting": row.setting, "warmup": row.warmup, "warmup_only": row.warmup_only,
             "control": row.control, "sweep": row.sweep, "value": row.value,
             "mean": {m: summary["mean"][m] for m in metrics}, "std": {m: summary["std"][m] for m in metrics},
-            "markers": {m: marker(row, m) for m in metrics},
+            "markers": {m: marker(row, m) for m in metrics}, "bold": {m: beats_all(row, m) for m in metrics},
         })
     return {
         "study": study.name,
@@ -213,20 +290,36 @@ def summarise_study(
         "split": "test",
         "seeds": list(study.seeds),
         "metrics": list(metrics),
-        "users": int(next(iter(users.values())).height),
+        "users": int(frames[study.reference_warmup][0].height),
         "reference": study.reference,
         "reference_warmup": study.reference_warmup,
         "reference_control": study.reference_control,
         "rows": rows,
         "settings": settings,
         "tests": tests,
+        "primary": [_verdict(test, params.alpha) for test in chosen],
         "significance": {
             "alpha": params.alpha, "confidence": params.confidence, "n_resamples": params.n_resamples,
-            "seed": params.seed, "pairing": PAIRING, "p_value_method": P_VALUE_METHOD, "ci_method": CI_METHOD,
-            "two_sided": True, "multiple_comparison_correction": None,
+            "seed": params.seed, **describe(params.confidence, params.n_resamples), "two_sided": True,
+            "family": f"all {len(tests)} seed-level tests of this report (every comparison x metric)",
+            "primary_family": f"the {len(chosen)} comparison(s) declared in primary",
+            "users_only": {"pairing": USERS_PAIRING, "p_value_method": P_VALUE_METHOD, "ci_method": CI_METHOD},
             "markers": {MARKERS[VS_WARMUP]: "differs from its own warm-up model (a = warm-up, b = row)",
                         MARKERS[VS_CONTROL]: "differs from its λ = 0 control: same warm-up and stage-2 budget, CE "
                                              "only (a = control, b = row)",
                         MARKERS[VS_REFERENCE]: "differs from RoDPO, the base setting (a = row, b = RoDPO)"},
         },
     }
+
+
+def _verdict(test: Mapping[str, Any], alpha: float) -> dict[str, Any]:
+    """A primary comparison's verdict in words, from its Holm-adjusted seed-level p."""
+    keys = ("kind", "a", "b", "metric", "mean_diff", "ci95_seed", "p_seed", "p_holm_primary", "p_holm", "q_bh")
+    if test["p_seed"] is None:
+        verdict = test["seed_test_unavailable"]
+    elif test["p_holm_primary"] < alpha:
+        verdict = (f"significant: b {'better' if test['mean_diff'] > 0 else 'worse'} than a "
+                   f"(Holm over the primary family, p = {test['p_holm_primary']:.4g} < {alpha:g})")
+    else:
+        verdict = f"no significant difference (Holm over the primary family, p = {test['p_holm_primary']:.4g})"
+    return {**{key: test.get(key) for key in keys}, "verdict": verdict}

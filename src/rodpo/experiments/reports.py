@@ -43,11 +43,25 @@ def display_names(results: Mapping[str, Any]) -> dict[str, str]:
     return names
 
 
-def _cell(mean: float | None, std: float | None, markers: str, decimals: int) -> str:
+def _cell(mean: float | None, std: float | None, markers: str, decimals: int, bold: bool = False) -> str:
     if mean is None or not math.isfinite(mean):
         return MISSING
     text = f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+    text = f"**{text}**" if bold else text
     return f"{text} {markers}" if markers else text
+
+
+def _row_cell(row: Mapping[str, Any], metric: str, decimals: int) -> str:
+    return _cell(row["mean"][metric], row["std"][metric], row["markers"][metric], decimals,
+                 bool(row.get("bold", {}).get(metric)))
+
+
+def _p(value: float | None, decimals: int) -> str:
+    return MISSING if value is None else f"{value:.{decimals}f}"
+
+
+def _interval(bounds: list[float] | None, decimals: int) -> str:
+    return MISSING if bounds is None else f"[{bounds[0]:+.{decimals}f}, {bounds[1]:+.{decimals}f}]"
 
 
 def _table(header: list[str], body: list[list[str]]) -> list[str]:
@@ -71,17 +85,22 @@ def _context_rows(results: Mapping[str, Any], warmup_label: str, decimals: int) 
 def _legend(results: Mapping[str, Any], names: Mapping[str, str]) -> str:
     significance = results["significance"]
     alpha, confidence = significance["alpha"], significance["confidence"]
+    seeds = results["seeds"]
+    unavailable = len(seeds) < significance.get("min_seeds", 3)
     return (
         f"{MARKERS[VS_WARMUP]} differs significantly from the row's own warm-up model; "
         f"{MARKERS[VS_CONTROL]} from its {CONTROL_NAME} (same warm-up and stage-2 budget, CE only: the "
         f"preference term's effect beyond training longer); "
         f"{MARKERS[VS_REFERENCE]} differs significantly from {names[results['reference']]} "
-        f"(the base setting, `{results['reference']}`). Two-sided p < {alpha:g}, paired over the "
-        f"{results['users']:,} test users on each user's metric averaged over seeds; p from a paired "
-        f"sign-flip permutation test ({significance['n_resamples']:,} resamples), no multiple-comparison "
-        f"correction. Full ranking over all items; mean ± sample std over seeds "
-        f"{', '.join(str(s) for s in results['seeds'])}. The paired tests below give each difference and "
-        f"its {confidence:.0%} paired-bootstrap CI."
+        f"(the base setting, `{results['reference']}`). **Significant** means Holm-adjusted p < {alpha:g} over "
+        f"all {len(results['tests'])} tests of this report, where each test is across the trained seeds: the "
+        f"per-seed differences (each seed's two models on the same {results['users']:,} test users) in a "
+        f"paired t-test (p_seed); bold: better than its warm-up and its control, both significant. "
+        + ("**With fewer than 3 seeds no seed-level test is available: no markers, no bold.** " if unavailable else "")
+        + f"Full ranking over all items; mean ± sample std over seeds {', '.join(str(s) for s in seeds)}. "
+        f"The tests below give each difference, its {confidence:.0%} two-level bootstrap CI (seeds, then users), "
+        f"p_seed, the exact sign-flip p over seeds, Holm p and Benjamini-Hochberg q; the last p column is the "
+        f"users-only test (users, models fixed), secondary: it ignores training randomness."
     )
 
 
@@ -95,18 +114,17 @@ def study_table_markdown(results: Mapping[str, Any], *, decimals: int = 4, p_dec
     if results["kind"] == "sweeps":
         sweeps = list(dict.fromkeys(row["sweep"] for row in results["rows"]))
         for sweep in sweeps:
-            body = [[str(row["value"]), *(_cell(row["mean"][m], row["std"][m], row["markers"][m], decimals)
-                                          for m in metrics)]
+            body = [[str(row["value"]), *(_row_cell(row, m, decimals) for m in metrics)]
                     for row in results["rows"] if row["sweep"] == sweep]
             lines += _table([sweep, *header_metrics], body + _context_rows(results, WARMUP_NAME, decimals)) + [""]
     else:
-        body = [[row["label"], *(_cell(row["mean"][m], row["std"][m], row["markers"][m], decimals)
-                                 for m in metrics)] for row in results["rows"]]
+        body = [[row["label"], *(_row_cell(row, m, decimals) for m in metrics)] for row in results["rows"]]
         context = _context_rows(results, f"{WARMUP_NAME} of {names[results['reference']]}", decimals)
         lines += _table(["Variant", *header_metrics], body + context) + [""]
-    lines += [_legend(results, names), "", "### Paired tests", "",
-              "Δ = mean over users of (b − a): positive favours the DPO model (†, §) or RoDPO (‡). "
-              "\"(masked)\": the user's history left out of the ranking.", ""]
+    lines += [_legend(results, names), ""] + _primary_lines(results, names, decimals) + [
+        "### Paired tests", "",
+        "Δ = mean over seeds of the per-seed mean over users of (b − a): positive favours the DPO model (†, §) "
+        "or RoDPO (‡). \"(masked)\": the user's history left out of the ranking. \"n/a\": fewer than 3 seeds.", ""]
     body, line_of = [], {}
     for test in results["tests"]:
         marker = MARKERS[test["kind"]] if test["significant"] else ""
@@ -115,12 +133,27 @@ def study_table_markdown(results: Mapping[str, Any], *, decimals: int = 4, p_dec
             body[line_of[pair]][-1] += marker
             continue
         line_of[pair] = len(body)
-        body.append([f"{names[test['b']]} vs {names[test['a']]}", metric_label(test["metric"]),
-                     f"{test['mean_diff']:+.{decimals}f}",
-                     f"[{test['ci_low']:+.{decimals}f}, {test['ci_high']:+.{decimals}f}]",
-                     f"{test['p_value']:.{p_decimals}f}", marker])
-    lines += _table(["b vs a", "Metric", "Δ", f"{results['significance']['confidence']:.0%} CI", "p", ""], body)
+        body.append([f"{names[test['b']]} vs {names[test['a']]}" + (" (primary)" if test.get("primary") else ""),
+                     metric_label(test["metric"]), f"{test['mean_diff']:+.{decimals}f}",
+                     _interval(test.get("ci95_seed"), decimals), _p(test.get("p_seed"), p_decimals),
+                     _p(test.get("p_signflip"), p_decimals), _p(test.get("p_holm"), p_decimals),
+                     _p(test.get("q_bh"), p_decimals), _p(test.get("p_users"), p_decimals), marker])
+    confidence = f"{results['significance']['confidence']:.0%}"
+    lines += _table(["b vs a", "Metric", "Δ", f"{confidence} CI (seeds)", "p_seed", "p sign-flip", "p Holm", "q BH",
+                     "p (users, models fixed)", ""], body)
     return "\n".join(lines + _training_lines(results, names)) + "\n"
+
+
+def _primary_lines(results: Mapping[str, Any], names: Mapping[str, str], decimals: int) -> list[str]:
+    """The declared primary comparisons and their verdicts, before everything else."""
+    if not results.get("primary"):
+        return []
+    lines = ["### Primary comparisons (declared before the run)", ""]
+    for test in results["primary"]:
+        lines.append(f"- {names[test['b']]} vs {names[test['a']]}, {metric_label(test['metric'])}: "
+                     f"Δ = {test['mean_diff']:+.{decimals}f}, {results['significance']['confidence']:.0%} CI "
+                     f"{_interval(test.get('ci95_seed'), decimals)}: {test['verdict']}.")
+    return lines + [""]
 
 
 def _mean_of(values: list[Any]) -> str:

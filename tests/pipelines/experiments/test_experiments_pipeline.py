@@ -114,3 +114,13 @@ def test_catalog_places_run_and_study_outputs_by_preset_and_dataset():
     assert paths["experiments_quick.studies.sensitivity.figure"].endswith(
         "data/08_reporting/demo/experiments_quick/sensitivity.png")
     assert catalog.get("experiments.studies.components.results")._version is not None  # versioned
+
+
+def test_an_unknown_primary_comparison_stops_the_pipeline_before_anything_trains(parameters):
+    design = {**parameters["objectives"], "primary": [{"row": "No such row", "versus": "warmup", "metric": "ndcg@5"}]}
+    with pytest.raises(ValueError, match=r"objectives\.primary\[0\]: row 'No such row' is not a row"):
+        plan_from_parameters({**parameters, "objectives": design}, "objectives")
+    design = {**parameters["experiments"], "primary": [{"row": "Random Sampling", "versus": "warmup",
+                                                       "metric": "ndcg@5"}]}  # several studies: name one
+    with pytest.raises(ValueError, match=r"experiments\.primary\[0\]: study None unknown or missing"):
+        plan_from_parameters({**parameters, "experiments": design}, "experiments")

@@ -60,12 +60,12 @@ def _by_prefix(inputs: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def summarise_experiment_study(spec: dict, metrics: list[str], significance: SignificanceParams,
-                               dataset: str, **run_outputs: Any) -> dict:
+                               primary: list[dict] | None, dataset: str, **run_outputs: Any) -> dict:
     """Results of one study from its runs' metrics ("metrics:<run>"), user ranks ("ranks:<run>") and
-    training histories ("history:<run>")."""
+    training histories ("history:<run>"); `primary`: the preset's declared primary comparisons."""
     return summarise_study(Study.from_dict(spec), _by_prefix(run_outputs, METRICS_INPUT),
                            _by_prefix(run_outputs, RANKS_INPUT), metrics=metrics, params=significance,
-                           dataset=dataset, run_histories=_by_prefix(run_outputs, HISTORY_INPUT))
+                           dataset=dataset, run_histories=_by_prefix(run_outputs, HISTORY_INPUT), primary=primary)
 
 
 def report_experiment_study(results: dict, **logit_samples: pl.DataFrame

@@ -24,7 +24,9 @@ from kedro.framework.project import settings
 from kedro.pipeline import Pipeline, node, pipeline
 from kedro.utils import find_kedro_project
 
+from rodpo.experiments.aggregate import resolve_primary
 from rodpo.experiments.plan import SECTIONS, ExperimentPlan, Study, plan_experiments
+from rodpo.metrics import history_masked
 from rodpo.pipelines.evaluation.pipeline import SHARED_INPUTS, evaluate_model_pipeline
 from rodpo.pipelines.rodpo.nodes import train_rodpo_model
 from rodpo.pipelines.warmup.nodes import train_warmup_model
@@ -57,9 +59,15 @@ def project_parameters(project_path: Path | None = None, env: str | None = None)
 
 
 def plan_from_parameters(parameters: dict[str, Any], preset: str) -> ExperimentPlan:
+    """The preset's plan; its declared primary comparisons are checked here, before anything trains."""
     if preset not in parameters:
         raise ValueError(f"params:{preset} not found; define the preset in conf/base/parameters_experiments.yml.")
-    return plan_experiments(parameters[preset], {section: parameters[section] for section in SECTIONS})
+    design = parameters[preset]
+    plan = plan_experiments(design, {section: parameters[section] for section in SECTIONS})
+    metrics = [*design.get("metrics", []), *(history_masked(m) for m in design.get("metrics", []))]
+    for study in plan.studies.values():
+        resolve_primary(design.get("primary"), study, metrics, list(plan.studies), where=f"{preset}.primary")
+    return plan
 
 
 def _run_outputs(preset: str, run: str) -> str:
@@ -133,7 +141,7 @@ def study_pipeline(preset: str, study: Study) -> Pipeline:
     template = Pipeline([
         node(nodes.summarise_experiment_study,
              {"spec": "spec", "metrics": "params:metrics", "significance": "params:significance",
-              "dataset": "params:dataset", **run_inputs},
+              "primary": "params:primary", "dataset": "params:dataset", **run_inputs},
              "results", name="summarise_study"),
         node(nodes.report_experiment_study, {"results": "results", **logit_inputs},
              ["table", "figure", "logit_distribution"], name="report_study"),
@@ -141,6 +149,7 @@ def study_pipeline(preset: str, study: Study) -> Pipeline:
     return pipeline(template, namespace=f"{preset}.studies.{study.name}", inputs=external,
                     parameters={"params:metrics": f"params:{preset}.metrics",
                                 "params:significance": f"params:{preset}.significance",
+                                "params:primary": f"params:{preset}.primary",
                                 "params:dataset": "params:dataset"})
 
 
