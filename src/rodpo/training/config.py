@@ -14,9 +14,9 @@ REFERENCES = ("model", "cached_states")
 VALID_KS = (5, 10, 20)
 DEFAULT_EVAL_BATCH_SIZE = 2048
 # Fields that change neither the optimisation trajectory nor the result of an epoch beyond float
-# rounding: a rerun that only changes these resumes the same run (e.g. more epochs after an
-# interruption, another chunk size).
-_NOT_IN_RUN_KEY = ("epochs", "patience", "device", "eval_batch_size", "checkpoint_dir", "progress_bar",
+# rounding: a rerun that only changes these resumes the same run (e.g. another chunk size). The
+# epoch budget (epochs, patience) is in the key: a finished 15-epoch run is not a 50-epoch one.
+_NOT_IN_RUN_KEY = ("device", "eval_batch_size", "checkpoint_dir", "progress_bar",
                    "score_chunk_items", "dist_timeout_s")
 
 
