@@ -13,10 +13,11 @@ from matplotlib.figure import Figure
 
 from rodpo.evaluation.reports import MISSING, logit_distribution_figure, metric_label
 from rodpo.experiments.aggregate import MARKERS, VS_CONTROL, VS_REFERENCE, VS_WARMUP
+from rodpo.experiments.controls import CONTROL_LABELS, LAMBDA_ZERO
 
 REFERENCE_NAME = "RoDPO"
 WARMUP_NAME = "Warm-up (SFT)"
-CONTROL_NAME = "λ = 0 control"
+CONTROL_NAME = CONTROL_LABELS[LAMBDA_ZERO]
 METRIC_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive")
 LABEL_WRAP = 16          # characters per line of a bar label
 BAR_GROUP_WIDTH = 0.8    # share of a bar-chart slot taken by one row's bars
@@ -73,8 +74,8 @@ def _legend(results: Mapping[str, Any], names: Mapping[str, str]) -> str:
     alpha, confidence = significance["alpha"], significance["confidence"]
     return (
         f"{MARKERS[VS_WARMUP]} differs significantly from the row's own warm-up model; "
-        f"{MARKERS[VS_CONTROL]} from its {CONTROL_NAME} (same warm-up and stage-2 budget, CE only: the "
-        f"preference term's effect beyond training longer); "
+        f"{MARKERS[VS_CONTROL]} from its {CONTROL_NAME}: same warm-up and stage-2 budget, preference term "
+        f"off (the preference term's effect beyond training longer); "
         f"{MARKERS[VS_REFERENCE]} differs significantly from {names[results['reference']]} "
         f"(the base setting, `{results['reference']}`). Two-sided p < {alpha:g}, paired over the "
         f"{results['users']:,} test users on each user's metric averaged over seeds; p from a paired "
@@ -144,8 +145,10 @@ def _training_lines(results: Mapping[str, Any], names: Mapping[str, str]) -> lis
                      *(_mean_of([r.get(key) for r in runs]) for key in ("dpo_loss", "rewards_accuracy",
                                                                         "rewards_chosen", "score_margin"))])
     return ["", "### Training", "",
-            "Epochs run and best epoch per seed (the model kept is the best epoch's); \"peak passed\": seeds "
-            "whose best epoch came before their last (trained to the validation peak). Valid NDCG@10 from the "
+            "Epochs run and best epoch per seed (the model kept is the best epoch's; a stage-2 best epoch of "
+            "0: no epoch beat the warm-up on validation, so the stage kept the warm-up's weights); \"peak "
+            "passed\": seeds whose best epoch came before their last (trained to the validation peak). Valid "
+            "NDCG@10 from the "
             "stage's start (stage 2: the warm-up model) to its best epoch; the stage-2 diagnostics at the "
             "best epoch, means over seeds: the preference loss, TRL's reward accuracy and chosen reward "
             "β(s − s_ref)(y_w) (below 0: the chosen item's score drifted down), and the policy's score "
