@@ -121,20 +121,22 @@ TRAINING_DIAGNOSTICS = ("ce_loss", "dpo_loss", "rewards_accuracy", "rewards_chos
 
 def training_summary(history: Sequence[Mapping[str, Any]], valid_metric: str = "ndcg@10") -> dict[str, Any]:
     """How a run trained, from its per-epoch history: epochs run, the best epoch (the trainer's rule:
-    the latest epoch with the highest validation metric), its validation score, and the stage-2
-    diagnostics of that epoch (DPO loss, TRL's reward accuracy / chosen reward / margin, the policy's
-    own score margin; absent for the warm-up and the reference-free objectives' reward terms). A best
-    epoch before the last one means the run passed its validation peak: it converged."""
+    the latest epoch with the highest validation metric; in stage 2 epoch 0, the warm-up itself, is a
+    candidate, so best_epoch 0 means the stage returned the warm-up's weights), its validation score,
+    and the stage-2 diagnostics of that epoch (DPO loss, TRL's reward accuracy / chosen reward /
+    margin, the policy's own score margin; absent for the warm-up and the reference-free objectives'
+    reward terms). A best epoch before the last one means the run passed its validation peak."""
     key = f"valid_{valid_metric}"
     trained = [entry for entry in history if entry.get("epoch", 0) >= 1]
-    scored = [entry for entry in trained if key in entry]
+    scored = [entry for entry in history if key in entry]
     if not scored:
         return {"epochs_run": len(trained), "best_epoch": None, "best_valid": None, "passed_peak": False}
     best = max(scored, key=lambda entry: (entry[key], entry["epoch"]))  # ties: the latest, as the trainer
     start = next((entry for entry in history if entry.get("epoch") == 0 and key in entry), None)
-    return {"epochs_run": max(entry["epoch"] for entry in trained), "best_epoch": best["epoch"],
+    last = max((entry["epoch"] for entry in trained), default=0)
+    return {"epochs_run": last, "best_epoch": best["epoch"],
             "best_valid": best[key], "start_valid": start[key] if start else None,
-            "passed_peak": best["epoch"] < max(entry["epoch"] for entry in trained),
+            "passed_peak": best["epoch"] < last,
             **{name: best[name] for name in TRAINING_DIAGNOSTICS if name in best}}
 
 
