@@ -58,7 +58,7 @@ from rodpo.ranking import evaluate_model
 from rodpo.sequences import EvalSequences, SequenceData, TrainWindows, trim_to_longest
 from rodpo.training import stage as stage_module
 from rodpo.training.config import DPOConfig, TrainConfig
-from rodpo.training.dpo import dpo_loss
+from rodpo.training.objectives import dpo as dpo_objective
 from rodpo.training.stage import Stage, _set_policy_mode
 from rodpo.training.trainer import train
 
@@ -152,8 +152,8 @@ def dense_step_loss(stage: Stage, items: torch.Tensor, timestamps: torch.Tensor,
         pairs = torch.cat([positive_item[:, None], sampled_negative], dim=1)  # (N, 2): y_w, y_l
         policy_scores = logits.gather(1, pairs).float()
         reference_scores = stage.reference.scores(rows, inputs, input_times, is_target, pairs)
-        loss = loss + dpo.lambda_dpo * dpo_loss(policy_scores[:, 0], policy_scores[:, 1], reference_scores[:, 0],
-                                                reference_scores[:, 1], dpo.beta).mean()
+        loss = loss + dpo.lambda_dpo * dpo_objective(policy_scores[:, 0], policy_scores[:, 1:], reference_scores[:, 0],
+                                                     reference_scores[:, 1:], beta=dpo.beta).mean()
     return loss
 
 

@@ -257,9 +257,10 @@ def top_k_items(states: torch.Tensor, table: torch.Tensor, k: int, *, exclude_ta
     """The exact k best-scored real items per row: scores (N, k) and item ids (N, k), best first.
 
     Never padding, never exclude_targets[row] (N,), never an id of exclude_ids[row] (N, L) padded
-    with 0 (the user's history: top-N recommendations; with the positive as target: the DPO
-    negative pool). Ties: lower item id first; NaN above +inf. Rows with fewer than k items left
-    end in item 0 with score -inf (as does any item scored -inf). No gradient.
+    with 0 (the user's history: top-N recommendations; with the positive as target and the items of
+    `rodpo.dpo.exclude_from_pool`: the DPO negative pool). Ties: lower item id first; NaN above
+    +inf. Rows with fewer than k items left end in item 0 with score -inf (as does any item scored
+    -inf). No gradient.
     """
     n_rows, n_items = _check_scoring_inputs(states, table)
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
@@ -407,7 +408,7 @@ def draw_from_pool(pool_items: torch.Tensor, valid: torch.Tensor, m: int,
     """(N, m) distinct items per row, uniformly without replacement from the row's valid pool entries.
 
     The top-m of i.i.d. uniform keys is a uniform random m-subset (Gumbel-top-m with equal weights);
-    invalid entries (the positive, padding, excluded history) get key -inf and are never drawn.
+    invalid entries (the positive, padding, excluded items) get key -inf and are never drawn.
     `pool_items` (N, K) int64, `valid` (N, K) bool; `generator` must live on their device.
     """
     if pool_items.dim() != 2 or valid.shape != pool_items.shape or valid.dtype != torch.bool:
@@ -420,7 +421,7 @@ def draw_from_pool(pool_items: torch.Tensor, valid: torch.Tensor, m: int,
     if bool(short.any()):
         raise ValueError(f"draw_from_pool: {int(short.sum())} row(s) have fewer than m={m} valid pool items "
                          f"(fewest: {int(n_valid.min())}); lower rodpo.dpo.n_negatives, raise rodpo.dpo.k, or set "
-                         "rodpo.dpo.exclude_history=false.")
+                         "rodpo.dpo.exclude_from_pool=none.")
     keys = torch.rand(pool_items.shape, generator=generator, device=pool_items.device)
     keys = keys.masked_fill(~valid, float("-inf"))
     picked = keys.topk(m, dim=1).indices  # (N, m) positions in the pool

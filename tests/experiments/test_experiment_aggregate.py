@@ -197,3 +197,32 @@ def test_training_summary_finds_the_trainers_best_epoch_and_its_diagnostics():
     assert summary["rewards_accuracy"] == 0.7 and summary["dpo_loss"] == 0.5 and "rewards_margin" not in summary
     still_rising = training_summary(history[:2])
     assert still_rising["best_epoch"] == 1 and not still_rising["passed_peak"]
+
+
+def test_rows_are_tested_against_both_automatic_controls_and_named_rows():
+    """RoDPO beats the warm-up, both controls and the named 'DPO-M' row on every seed: †§¶ and bold;
+    the named control is tested (vs_<name>) but carries no marker of its own."""
+    seeds = (1, 2, 3, 4)
+    study = Study(name="t", title="T", kind="rows", seeds=seeds, reference_control="c0",
+                  reference_controls={"lambda0": "c0", "continued_warmup": "c1"},
+                  rows=(Row(label="RoDPO", setting="rodpo", warmup="warmup", control="c0",
+                            controls={"lambda0": "c0", "continued_warmup": "c1", "same_losers": "dpo_m"}),
+                        Row(label="DPO-M", setting="dpo_m", warmup="warmup", control="c0",
+                            controls={"lambda0": "c0", "continued_warmup": "c1"})))
+    users = list(range(1, N_USERS + 1))
+    metrics, user_ranks = {}, {}
+    for setting in ("rodpo", "dpo_m", "warmup", "c0", "c1"):
+        for seed, fraction in zip(seeds, FRACTIONS):
+            first = round(fraction * N_USERS) if setting == "rodpo" else 0
+            metrics[f"{setting}_s{seed}"] = {"test": {}}
+            user_ranks[f"{setting}_s{seed}"] = ranks(users, [1] * first + [10] * (N_USERS - first))
+    results = summarise_study(study, metrics, user_ranks, metrics=["ndcg@5"], params=PARAMS,
+                              primary=[{"row": "RoDPO", "versus": "continued_warmup_control", "metric": "ndcg@5"},
+                                       {"row": "RoDPO", "versus": "same_losers", "metric": "ndcg@5"}])
+    kinds = {(t["kind"], t["a"], t["b"]) for t in results["tests"]}
+    assert {("vs_control", "c0", "rodpo"), ("vs_continued_warmup", "c1", "rodpo"),
+            ("vs_same_losers", "dpo_m", "rodpo")} <= kinds
+    rodpo = results["rows"][0]
+    assert rodpo["markers"]["ndcg@5"] == "†§¶" and rodpo["bold"]["ndcg@5"]
+    assert results["rows"][1]["markers"]["ndcg@5"] == "‡" and not results["rows"][1]["bold"]["ndcg@5"]
+    assert {(v["kind"], v["a"]) for v in results["primary"]} == {("vs_continued_warmup", "c1"), ("vs_same_losers", "dpo_m")}

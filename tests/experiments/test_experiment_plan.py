@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from rodpo.experiments.plan import apply_overrides, plan_experiments
@@ -43,7 +45,8 @@ def test_identical_variants_across_studies_are_one_setting():
     assert sorted(plan.settings) == sorted([
         "warmup", "warmup_moe_mode_mlp", "rodpo", "rodpo_negative_strategy_random",
         "rodpo_negative_strategy_argmax", "rodpo_moe_mode_mlp", "rodpo_k10", "rodpo_beta0p1",
-        "rodpo_lambda_dpo0p0", "rodpo_moe_mode_mlp_lambda_dpo0p0"])  # one λ = 0 control per warm-up
+        "control_lambda0", "control_lambda0_moe_mode_mlp",  # one λ = 0 control per warm-up ...
+        "control_continued_warmup", "control_continued_warmup_moe_mode_mlp"])  # ... and one continued warm-up
 
 
 def test_every_dpo_row_gets_the_lambda_zero_control_of_its_warmup_and_budget():
@@ -51,18 +54,77 @@ def test_every_dpo_row_gets_the_lambda_zero_control_of_its_warmup_and_budget():
                                                                   "rodpo.lr": 0.0005, "rodpo.dpo.k": 10}}]}
     plan = plan_experiments(design(t2=TABLE2, t3=TABLE3, budget=budget), BASE)
     control_of = {row.label: row.control for study in plan.studies.values() for row in study.rows}
-    assert {control_of["Random"], control_of["Argmax"], control_of["Top-K"]} == {"rodpo_lambda_dpo0p0"}
-    assert control_of["w/o MoE"] == "rodpo_moe_mode_mlp_lambda_dpo0p0" and control_of["w/o DPO"] is None
+    assert {control_of["Random"], control_of["Argmax"], control_of["Top-K"]} == {"control_lambda0"}
+    assert control_of["w/o MoE"] == "control_lambda0_moe_mode_mlp" and control_of["w/o DPO"] is None
     # same stage-2 optimisation (lr; epochs are preset-wide) as the row, but no DPO-only parameter: with λ = 0 they change nothing
     assert plan.settings[control_of["Argmax, lr 5e-4"]].difference == {"rodpo.dpo.lambda_dpo": 0.0,
                                                                          "rodpo.lr": 0.0005}
-    assert plan.settings["rodpo_moe_mode_mlp_lambda_dpo0p0"].warmup == "warmup_moe_mode_mlp"
-    assert plan.studies["t2"].reference_control == "rodpo_lambda_dpo0p0"
-    assert "rodpo_lambda_dpo0p0" in plan.studies["t2"].settings()
+    assert control_of["Argmax, lr 5e-4"] == "control_lambda0_lr0p0005"
+    assert plan.settings["control_lambda0_moe_mode_mlp"].warmup == "warmup_moe_mode_mlp"
+    assert plan.studies["t2"].reference_control == "control_lambda0"
+    assert "control_lambda0" in plan.studies["t2"].settings()
     without = plan_experiments({**design(t2=TABLE2), "lambda_zero_control": False}, BASE)
-    assert "rodpo_lambda_dpo0p0" not in without.settings and without.studies["t2"].reference_control is None
+    assert "control_lambda0" not in without.settings and without.studies["t2"].reference_control is None
+    assert {row.control for row in without.studies["t2"].rows} == {None}
+    assert {row.controls["continued_warmup"] for row in without.studies["t2"].rows} == {"control_continued_warmup"}
     with pytest.raises(ValueError, match="lambda_zero_control"):
         plan_experiments({**design(t2=TABLE2), "lambda_zero_control": "yes"}, BASE)
+
+
+def test_every_dpo_row_gets_the_continued_warmup_of_its_own_warmup():
+    """The warm-up's loss (λ = 0), dropout on and the warm-up's optimizer; the stage-2 budget; the row's warm-up."""
+    base = {**BASE, "warmup": {**BASE["warmup"], "lr": 0.002, "batch_size": 128, "weight_decay": 0.01}}
+    rows = {"rows": [{"label": "Top-K", "overrides": {}},
+                     {"label": "lr 5e-4", "overrides": {"rodpo.lr": 0.0005, "rodpo.dpo.beta": 2.0}},
+                     {"label": "w/o MoE, warm-up lr 3e-3", "overrides": {"model.moe_mode": "mlp", "warmup.lr": 0.003}},
+                     {"label": "w/o DPO", "warmup_only": True}]}
+    plan = plan_experiments({**design(s=rows), "overrides": {"rodpo.epochs": 4}}, base)
+    controls = {row.label: row.controls for row in plan.studies["s"].rows}
+    assert controls["Top-K"] == {"lambda0": "control_lambda0", "continued_warmup": "control_continued_warmup"}
+    assert controls["lr 5e-4"]["continued_warmup"] == "control_continued_warmup"  # the stage-2 lr is not the control's
+    assert controls["w/o DPO"] == {}
+    continued = plan.settings["control_continued_warmup"]
+    assert continued.stage == "dpo" and continued.warmup == "warmup"
+    assert continued.difference == {"rodpo.batch_size": 128, "rodpo.dpo.lambda_dpo": 0.0,
+                                    "rodpo.dpo.policy_dropout_in_dpo": True, "rodpo.lr": 0.002,
+                                    "rodpo.weight_decay": 0.01}
+    assert plan.runs()["control_continued_warmup_s1"]["rodpo.epochs"] == 4  # the preset's stage-2 budget
+    mlp = plan.settings[controls["w/o MoE, warm-up lr 3e-3"]["continued_warmup"]]
+    assert mlp.name.startswith("control_continued_warmup_moe_mode_mlp_w") and mlp.overrides["rodpo.lr"] == 0.003
+    assert mlp.warmup == "warmup_moe_mode_mlp_warmup_lr0p003"
+    assert plan.studies["s"].reference_controls == controls["Top-K"]
+    assert set(controls["Top-K"].values()) <= set(plan.studies["s"].settings())
+    without = plan_experiments({**design(s=rows), "continued_warmup_control": False}, base)
+    assert not [name for name in without.settings if name.startswith("control_continued_warmup")]
+    with pytest.raises(ValueError, match=r"experiments\.continued_warmup_control: expected true or false"):
+        plan_experiments({**design(s=rows), "continued_warmup_control": "no"}, base)
+
+
+def test_a_row_may_name_other_rows_as_its_controls():
+    rows = {"rows": [{"label": "DPO, M = 4", "overrides": {"rodpo.dpo.n_negatives": 4}},
+                     {"label": "S-DPO, M = 4", "overrides": {"rodpo.dpo.objective": "sdpo", "rodpo.dpo.n_negatives": 4},
+                      "controls": {"dpo_same_losers": "DPO, M = 4"}}]}
+    plan = plan_experiments(design(s=rows), BASE)
+    dpo_m4, sdpo_m4 = plan.studies["s"].rows
+    assert dpo_m4.setting == "rodpo_n_negatives4"
+    assert sdpo_m4.controls == {"lambda0": "control_lambda0", "continued_warmup": "control_continued_warmup",
+                                "dpo_same_losers": "rodpo_n_negatives4"}
+    assert sdpo_m4.control == "control_lambda0"
+
+
+@pytest.mark.parametrize(("controls", "message"), [
+    ({"dpo_same_losers": "DPO, M = 8"},
+     r"experiments\.studies\.s\.rows\[1\]\.controls\.dpo_same_losers: no row labelled 'DPO, M = 8'.*'DPO, M = 4'"),
+    ({"itself": "S-DPO, M = 4"}, r"rows\[1\]\.controls\.itself: a row cannot be its own control"),
+    ({"lambda0": "DPO, M = 4"}, r"rows\[1\]\.controls: control name 'lambda0'"),
+    (["DPO, M = 4"], r"rows\[1\]\.controls: expected a mapping"),
+])
+def test_a_control_that_names_a_missing_row_names_the_parameter(controls, message):
+    rows = {"rows": [{"label": "DPO, M = 4", "overrides": {"rodpo.dpo.n_negatives": 4}},
+                     {"label": "S-DPO, M = 4", "overrides": {"rodpo.dpo.objective": "sdpo", "rodpo.dpo.n_negatives": 4},
+                      "controls": controls}]}
+    with pytest.raises(ValueError, match=message):
+        plan_experiments(design(s=rows), BASE)
 
 
 def test_dpo_variants_share_one_warmup_per_architecture_and_seed():
@@ -92,9 +154,9 @@ def test_study_lists_its_rows_warmups_and_the_reference():
     plan = plan_experiments(design(), BASE)
     t2 = plan.studies["t2"]
     assert t2.kind == "rows" and t2.reference == "rodpo" and t2.reference_warmup == "warmup"
-    assert t2.settings() == ["rodpo", "warmup", "rodpo_lambda_dpo0p0", "rodpo_negative_strategy_random",
-                             "rodpo_negative_strategy_argmax"]
-    assert len(t2.runs()) == 5 * 2
+    assert t2.settings() == ["rodpo", "warmup", "control_lambda0", "control_continued_warmup",
+                             "rodpo_negative_strategy_random", "rodpo_negative_strategy_argmax"]
+    assert len(t2.runs()) == 6 * 2
     f3 = plan.studies["f3"]
     assert [(row.sweep, row.value) for row in f3.rows] == [("K", 10), ("K", 50), ("beta", 0.1), ("beta", 1.0)]
 
@@ -118,7 +180,7 @@ def test_apply_overrides_sets_nested_values_on_a_copy():
     ({"rodpo.dpo.kk": 10}, "rodpo has no setting 'dpo.kk'"),
     ({"optimizer.lr": 0.1}, "must start with one of"),
     ({"rodpo.seed": 3}, "seeds come from"),
-    ({"rodpo.epochs": 3}, "not part of a training run's checkpoint key"),
+    ({"rodpo.eval_batch_size": 3}, "not part of a training run's checkpoint key"),
     ({"rodpo.stage": "warmup"}, "stage is fixed"),
     ({"warmup.dpo.k": 3}, "no effect in the warm-up stage"),
     ({"model.n_items": 3}, "model has no setting 'n_items'"),
@@ -139,3 +201,14 @@ def test_bad_designs_are_refused():
     with pytest.raises(ValueError, match="rodpo.\\* overrides have no effect"):
         plan_experiments(design(s={"rows": [{"label": "x", "warmup_only": True,
                                              "overrides": {"rodpo.dpo.k": 3}}]}), BASE)
+
+
+def test_a_study_spec_keeps_its_controls_through_json():
+    """The pipeline hands each study node its spec as a dict: every control must survive the trip."""
+    from rodpo.experiments.plan import Study
+
+    rows = {"rows": [{"label": "DPO, M = 4", "overrides": {"rodpo.dpo.n_negatives": 4}},
+                     {"label": "S-DPO, M = 4", "overrides": {"rodpo.dpo.objective": "sdpo", "rodpo.dpo.n_negatives": 4},
+                      "controls": {"dpo_same_losers": "DPO, M = 4"}}]}
+    study = plan_experiments(design(s=rows), BASE).studies["s"]
+    assert Study.from_dict(json.loads(json.dumps(study.to_dict()))) == study

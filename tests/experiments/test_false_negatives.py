@@ -109,8 +109,8 @@ def test_bad_parameters_name_the_parameter():
         FalseNegativeStudyParams(preset="fast")
     with pytest.raises(ValueError, match=r"false_negatives\.presets\.quick: unknown fields \['epochs'\]"):
         FalseNegativeStudyParams(presets={"quick": {"epochs": 1}})
-    with pytest.raises(ValueError, match=r"rodpo\.dpo\.n_negatives=2 with rodpo\.dpo\.objective='dpo'"):
-        FalseNegativeStudyParams(n_negatives=2)
+    with pytest.raises(ValueError, match=r"rodpo\.dpo\.n_negatives=2 > pool size 1 of .*'argmax'"):
+        FalseNegativeStudyParams(n_negatives=2)  # dpo takes M losers, argmax has one
 
 
 def test_the_parameter_file_and_its_quick_preset_validate():

@@ -1,33 +1,9 @@
-import math
-
 import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
 
-from rodpo.training.dpo import dpo_loss, frozen_reference, implicit_reward_stats, sample_negatives
-
-
-def test_dpo_loss_matches_hand_computation():
-    policy_chosen = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
-    policy_rejected = torch.tensor([[1.0, 0.0, 3.0], [0.0, 2.0, 0.0]])
-    reference_chosen = torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0]])
-    reference_rejected = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
-    # policy margins [[1, 0, -2], [1, -1, 0]] minus reference margins [[-1, 1, 0], [2, 0, -2]],
-    # times beta = 0.5 -> [[1, -0.5, -1], [-0.5, -0.5, 1]]; -log sigmoid(x) = log(1 + e^-x).
-    x = [[1.0, -0.5, -1.0], [-0.5, -0.5, 1.0]]
-    expected = torch.tensor([[math.log1p(math.exp(-v)) for v in row] for row in x])
-    loss = dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.5)
-    torch.testing.assert_close(loss, expected)
-    assert loss[0, 0].item() == pytest.approx(0.3132617, abs=1e-6)
-
-
-def test_dpo_gradient_raises_chosen_and_lowers_rejected():
-    chosen = torch.tensor([0.3, -1.0], requires_grad=True)
-    rejected = torch.tensor([0.5, 2.0], requires_grad=True)
-    dpo_loss(chosen, rejected, torch.zeros(2), torch.zeros(2), beta=1.0).sum().backward()
-    assert (chosen.grad < 0).all()  # descent increases s(y_w)
-    assert (rejected.grad > 0).all()  # descent decreases s(y_l)
+from rodpo.training.dpo import frozen_reference, implicit_reward_stats, pool_exclusions, sample_negatives
 
 
 def test_implicit_reward_stats_are_sums_over_pairs():
@@ -101,7 +77,7 @@ def test_random_negatives_from_a_pool_too_small_say_which_parameter_to_change():
                          generator=torch.Generator().manual_seed(0))
 
 
-def test_exclusion_removes_items_from_every_strategy():
+def test_excluded_ids_leave_every_strategys_pool():
     exclude = torch.tensor([[1, 3, 0]]).repeat(500, 1)
     for strategy in ("topk_uniform", "argmax", "random"):
         negatives = sample_negatives(*_ranked(500, 10), torch.full((500,), 2), strategy, k=3, exclude_ids=exclude,
@@ -133,3 +109,73 @@ def test_frozen_reference_is_eval_mode_without_gradients_and_shares_buffers():
     assert all(not p.requires_grad for p in reference.parameters())
     assert reference.features is policy.features
     assert reference[0].weight is not policy[0].weight
+
+
+def _windows_and_targets() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two right-padded windows; targets 6, 7 (window 0) and 9 (window 1), in that row-major order."""
+    windows = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
+    return windows, windows[:, 1:] > 0
+
+
+def test_pool_exclusions_say_exactly_which_items_each_target_leaves_out():
+    windows, is_target = _windows_and_targets()
+    assert pool_exclusions(windows, is_target, "none") is None
+    # earlier_items: the items before each target (what the model saw when predicting it)
+    assert pool_exclusions(windows, is_target, "earlier_items").tolist() == [[5, 0, 0, 0], [5, 6, 0, 0], [8, 0, 0, 0]]
+    # window_items: the whole window, the later target 7 included for target 6
+    assert pool_exclusions(windows, is_target, "window_items").tolist() == [[5, 6, 7, 0], [5, 6, 7, 0], [8, 9, 0, 0]]
+    with pytest.raises(ValueError, match=r"rodpo\.dpo\.exclude_from_pool='history'.*earlier_items"):
+        pool_exclusions(windows, is_target, "history")
+
+
+def test_every_strategy_honours_earlier_items_and_window_items():
+    # One window 1 -> 2 -> 3 -> 4; item i scores -i (item 1 best). Targets 2, 3, 4.
+    windows = torch.tensor([[1, 2, 3, 4]])
+    is_target = windows[:, 1:] > 0
+    positives = windows[:, 1:][is_target]
+    states, table = _ranked(3, 12)
+    argmax = {mode: sample_negatives(states, table, positives, "argmax",
+                                     exclude_ids=pool_exclusions(windows, is_target, mode)).flatten().tolist()
+              for mode in ("none", "earlier_items", "window_items")}
+    assert argmax == {"none": [1, 1, 1], "earlier_items": [3, 4, 5], "window_items": [5, 5, 5]}
+    top_k = sample_negatives(states, table, positives, "topk_uniform", k=2, n_negatives=2,
+                             exclude_ids=pool_exclusions(windows, is_target, "earlier_items"))
+    assert [sorted(row) for row in top_k.tolist()] == [[3, 4], [4, 5], [5, 6]]
+
+
+def test_random_losers_avoid_the_users_earlier_items_only_when_asked():
+    # Target 3 of window 1 -> 2 -> 3 -> 4 in a catalog of 6 items: earlier items {1, 2}, later target 4.
+    n_rows = 3000
+    windows = torch.tensor([[1, 2, 3, 4]]).repeat(n_rows, 1)
+    is_target = torch.zeros(n_rows, 3, dtype=torch.bool)
+    is_target[:, 1] = True  # the target 3 at window position 2
+    positives = torch.full((n_rows,), 3)
+    drawn = {}
+    for mode in ("none", "earlier_items", "window_items"):
+        drawn[mode] = set(sample_negatives(*_ranked(n_rows, 6), positives, "random",
+                                           exclude_ids=pool_exclusions(windows, is_target, mode),
+                                           generator=torch.Generator().manual_seed(0)).flatten().tolist())
+    assert drawn["none"] == {1, 2, 4, 5, 6}  # the user's own earlier items are drawn without exclusion
+    assert drawn["earlier_items"] == {4, 5, 6}  # never an earlier item; the later target 4 stays
+    assert drawn["window_items"] == {5, 6}
+
+
+def test_exclude_history_is_a_deprecated_alias_of_window_items_with_the_same_run_key():
+    from rodpo.training.config import DPOConfig, TrainConfig
+
+    with pytest.warns(FutureWarning, match=r"exclude_history is deprecated.*window_items"):
+        legacy = DPOConfig(exclude_history=True)
+    assert legacy.exclude_from_pool == "window_items" and legacy.exclude_history is False
+    assert DPOConfig(**legacy.__dict__) == legacy  # rebuilt from its fields (as the plan does): no second mapping
+    keys = {mode: TrainConfig(stage="dpo", dpo=DPOConfig(exclude_from_pool=mode)).run_key_fields()["dpo"]
+            for mode in ("none", "earlier_items", "window_items")}
+    # runs from before the rename keep their checkpoint key: none / window_items in the old spelling
+    assert keys["none"]["exclude_history"] is False and "exclude_from_pool" not in keys["none"]
+    assert keys["window_items"]["exclude_history"] is True and "exclude_from_pool" not in keys["window_items"]
+    assert keys["earlier_items"]["exclude_from_pool"] == "earlier_items"
+    assert TrainConfig(stage="dpo", dpo=legacy).run_key_fields() == TrainConfig(
+        stage="dpo", dpo=DPOConfig(exclude_from_pool="window_items")).run_key_fields()
+    with pytest.raises(ValueError, match=r"rodpo\.dpo\.exclude_from_pool='everything'"):
+        DPOConfig(exclude_from_pool="everything")
+    with pytest.raises(ValueError, match=r"exclude_history=true with rodpo\.dpo\.exclude_from_pool='earlier_items'"):
+        DPOConfig(exclude_history=True, exclude_from_pool="earlier_items")

@@ -4,7 +4,6 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from rodpo.training.dpo import dpo_loss
 from rodpo.training.objectives import (
     OBJECTIVES,
     REFERENCE_FREE,
@@ -40,11 +39,55 @@ def test_dpo_loss_and_gradient_by_hand():
     torch.testing.assert_close(grad_rejected, torch.tensor([[0.188770], [0.25]]), atol=1e-6, rtol=0)
 
 
-def test_dpo_is_the_trainers_dpo_loss():
-    generator = torch.Generator().manual_seed(0)
-    pc, rc = torch.randn(7, generator=generator), torch.randn(7, generator=generator)
-    pr, rr = torch.randn(7, 1, generator=generator), torch.randn(7, 1, generator=generator)
-    torch.testing.assert_close(dpo(pc, pr, rc, rr, beta=0.7), dpo_loss(pc, pr[:, 0], rc, rr[:, 0], 0.7))
+def test_dpo_matches_eq5_on_six_pairs():
+    # policy margins [1, 0, -2, 1, -1, 0] minus reference margins [-1, 1, 0, 2, 0, -2], times beta = 0.5
+    # -> x = [1, -0.5, -1, -0.5, -0.5, 1]; -log sigmoid(x) = log(1 + e^-x).
+    policy_chosen = torch.tensor([2.0, 0.0, 1.0, 1.0, 1.0, 0.0])
+    policy_rejected = torch.tensor([1.0, 0.0, 3.0, 0.0, 2.0, 0.0])
+    reference_chosen = torch.tensor([0.0, 1.0, 0.0, 2.0, 0.0, 0.0])
+    reference_rejected = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 2.0])
+    x = torch.tensor([1.0, -0.5, -1.0, -0.5, -0.5, 1.0])
+    loss = dpo(policy_chosen, policy_rejected[:, None], reference_chosen, reference_rejected[:, None], beta=0.5)
+    torch.testing.assert_close(loss, torch.log1p(torch.exp(-x)))
+    assert loss[0].item() == pytest.approx(0.3132617, abs=1e-6)
+
+
+def test_dpo_gradient_raises_chosen_and_lowers_rejected():
+    chosen = torch.tensor([0.3, -1.0], requires_grad=True)
+    rejected = torch.tensor([[0.5], [2.0]], requires_grad=True)
+    dpo(chosen, rejected, torch.zeros(2), torch.zeros(2, 1), beta=1.0).sum().backward()
+    assert (chosen.grad < 0).all()  # descent increases s(y_w)
+    assert (rejected.grad > 0).all()  # descent decreases s(y_l)
+
+
+def test_dpo_with_m_losers_by_hand_differs_from_sdpo_on_the_same_losers():
+    # beta = 1; winner reward 1; loser rewards [0, 1]: x = [1, 0]; losses log(1 + e^-1) = 0.313262 and ln 2,
+    # mean 0.503204 (S-DPO on the same losers: 0.861995). d / d s(l_j) = sigmoid(-x_j) / M = [0.134471, 0.25];
+    # d / d s(w) = -0.384471.
+    chosen = torch.tensor([1.0], requires_grad=True)
+    rejected = torch.tensor([[0.0, 1.0]], requires_grad=True)
+    loss = preference_loss("dpo", chosen, rejected, torch.zeros(1), torch.zeros(1, 2), beta=1.0)
+    torch.testing.assert_close(loss, torch.tensor([0.503204]), atol=1e-6, rtol=0)
+    grad_chosen, grad_rejected = _grads(loss, chosen, rejected)
+    torch.testing.assert_close(grad_chosen, torch.tensor([-0.384471]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(grad_rejected, torch.tensor([[0.134471, 0.25]]), atol=1e-6, rtol=0)
+    softmax = sdpo(chosen, rejected, torch.zeros(1), torch.zeros(1, 2), beta=1.0)
+    assert softmax.item() == pytest.approx(0.861995, abs=1e-6)
+
+
+def test_dpo_with_m_losers_is_the_mean_of_m_single_loser_dpo_losses_gradients_included():
+    generator = torch.Generator().manual_seed(5)
+    n_rows, m, beta = 7, 4, 0.8
+    values = [torch.randn(n_rows, generator=generator), torch.randn(n_rows, m, generator=generator),
+              torch.randn(n_rows, generator=generator), torch.randn(n_rows, m, generator=generator)]
+    together = [v.clone().requires_grad_(True) for v in values]
+    apart = [v.clone().requires_grad_(True) for v in values]
+    loss = preference_loss("dpo", *together, beta=beta)
+    singles = torch.stack([preference_loss("dpo", apart[0], apart[1][:, j:j + 1], apart[2], apart[3][:, j:j + 1],
+                                           beta=beta) for j in range(m)], dim=1)  # (N, M): one DPO loss per loser
+    torch.testing.assert_close(loss, singles.mean(dim=1))
+    for grad, expected in zip(_grads(loss, *together), _grads(singles.mean(dim=1), *apart)):
+        torch.testing.assert_close(grad, expected)
 
 
 def test_sdpo_loss_and_gradient_by_hand():
@@ -65,11 +108,16 @@ def test_sdpo_is_stable_for_large_margins():
     assert torch.isfinite(loss).all() and loss.item() == pytest.approx(500.0, abs=1e-3)
 
 
-def test_sdpo_with_one_loser_equals_dpo():
+def test_sdpo_with_one_loser_equals_dpo_gradients_included():
     generator = torch.Generator().manual_seed(1)
-    pc, rc = torch.randn(9, generator=generator), torch.randn(9, generator=generator)
-    pr, rr = torch.randn(9, 1, generator=generator), torch.randn(9, 1, generator=generator)
-    torch.testing.assert_close(sdpo(pc, pr, rc, rr, beta=1.3), dpo(pc, pr, rc, rr, beta=1.3))
+    values = [torch.randn(9, generator=generator), torch.randn(9, 1, generator=generator),
+              torch.randn(9, generator=generator), torch.randn(9, 1, generator=generator)]
+    softmax_inputs = [v.clone().requires_grad_(True) for v in values]
+    pairwise_inputs = [v.clone().requires_grad_(True) for v in values]
+    softmax, pairwise = sdpo(*softmax_inputs, beta=1.3), dpo(*pairwise_inputs, beta=1.3)
+    torch.testing.assert_close(softmax, pairwise)
+    for grad, expected in zip(_grads(softmax, *softmax_inputs), _grads(pairwise, *pairwise_inputs)):
+        torch.testing.assert_close(grad, expected)
 
 
 def test_simpo_loss_and_gradient_by_hand():
@@ -128,11 +176,6 @@ def test_reference_based_objective_needs_reference_scores(objective):
         preference_loss(objective, torch.zeros(2), torch.zeros(2, 1), beta=1.0)
 
 
-def test_dpo_with_several_losers_points_to_sdpo_or_one_negative():
-    with pytest.raises(ValueError, match=r"M=2.*rodpo\.dpo\.objective=sdpo.*rodpo\.dpo\.n_negatives=1"):
-        preference_loss("dpo", torch.zeros(2), torch.zeros(2, 2), torch.zeros(2), torch.zeros(2, 2), beta=1.0)
-
-
 def test_mismatched_shapes_name_the_input():
     with pytest.raises(ValueError, match=r"reference_rejected: expected shape \(2, 3\)"):
         preference_loss("sdpo", torch.zeros(2), torch.zeros(2, 3), torch.zeros(2), torch.zeros(2, 2), beta=1.0)
@@ -152,6 +195,7 @@ def test_parameters_an_objective_would_ignore_are_refused():
 
 def test_validate_objective_config_accepts_sound_combinations():
     validate_objective_config("dpo", 1, 50, "topk_uniform")
+    validate_objective_config("dpo", 4, 50, "topk_uniform")  # the mean of 4 pairwise terms
     validate_objective_config("sdpo", 50, 50, "topk_uniform")
     validate_objective_config("bpr", 1, 50, "argmax")
     validate_objective_config("simpo", 500, 50, "random", beta=2.0, gamma=0.5)  # no pool: whole catalog
@@ -161,7 +205,8 @@ def test_validate_objective_config_accepts_sound_combinations():
     ("sdpo", 0, 50, "topk_uniform", r"rodpo\.dpo\.n_negatives=0: need at least one"),
     ("sdpo", 6, 5, "topk_uniform", r"rodpo\.dpo\.n_negatives=6 > pool size 5.*raise rodpo\.dpo\.k"),
     ("sdpo", 2, 50, "argmax", r"rodpo\.dpo\.n_negatives=2 > pool size 1.*argmax has a pool of one"),
-    ("dpo", 3, 50, "topk_uniform", r"rodpo\.dpo\.n_negatives=3 with rodpo\.dpo\.objective='dpo'"),
+    ("dpo", 6, 5, "topk_uniform", r"rodpo\.dpo\.n_negatives=6 > pool size 5.*raise rodpo\.dpo\.k"),
+    ("dpo", 2, 50, "argmax", r"rodpo\.dpo\.n_negatives=2 > pool size 1"),
     ("bpr", 1, 50, "softmax", r"rodpo\.dpo\.negative_strategy='softmax'"),
     ("ipo", 1, 50, "topk_uniform", r"rodpo\.dpo\.objective='ipo'"),
 ])
@@ -215,7 +260,7 @@ def test_draw_from_pool_with_too_few_valid_items_says_what_to_change():
     pool = torch.tensor([[1, 2, 3], [4, 5, 6]])
     valid = torch.tensor([[True, True, True], [True, False, False]])
     with pytest.raises(ValueError, match=r"1 row\(s\) have fewer than m=2.*rodpo\.dpo\.n_negatives.*rodpo\.dpo\.k"
-                                         r".*rodpo\.dpo\.exclude_history"):
+                                         r".*rodpo\.dpo\.exclude_from_pool=none"):
         draw_from_pool(pool, valid, 2)
     with pytest.raises(ValueError, match=r"m=0"):
         draw_from_pool(pool, valid, 0)

@@ -1,3 +1,4 @@
+import json
 import logging
 import math
 
@@ -153,3 +154,106 @@ def test_sdpo_with_several_negatives_trains(planted_data, make_model):
                          dpo=DPOConfig(k=5, objective="sdpo", n_negatives=3), **FAST)
     _, history = train(make_model(), planted_data, config)
     assert math.isfinite(history[-1]["dpo_loss"]) and history[-1]["dpo_loss"] > 0
+
+
+def _weights_equal(model, other) -> bool:
+    return all(torch.equal(tensor, other.state_dict()[name]) for name, tensor in model.state_dict().items())
+
+
+def test_stage2_whose_every_epoch_worsens_validation_returns_the_warmups_weights(planted_data, make_model, tmp_path,
+                                                                                 monkeypatch, caplog):
+    """Epoch 0 (the warm-up itself) is a candidate: a sabotaged stage 2 (gradient ascent on CE) keeps it."""
+    from rodpo.experiments.aggregate import training_summary
+    from rodpo.training import stage as stage_module
+    from rodpo.training.checkpoints import RunCheckpoint
+
+    torch.manual_seed(0)
+    warm, _ = train(make_model(), planted_data, TrainConfig(epochs=3, lr=5e-3, **FAST))
+    ascent = stage_module.chunked_cross_entropy
+    monkeypatch.setattr(stage_module, "chunked_cross_entropy", lambda *args, **kwargs: -ascent(*args, **kwargs))
+    config = dict(stage="dpo", lr=5e-3, checkpoint_dir=str(tmp_path), dpo=DPOConfig(k=5), **FAST)
+    train(warm, planted_data, TrainConfig(epochs=1, **config))  # interrupted after epoch 1 ...
+    with caplog.at_level(logging.INFO, logger="rodpo.training"):
+        kept, history = train(warm, planted_data, TrainConfig(epochs=3, **config))  # ... and resumed
+    assert "from epoch 2" in caplog.text and "best epoch 0" in caplog.text
+    scores = [entry["valid_ndcg@10"] for entry in history]
+    assert [entry["epoch"] for entry in history] == [0, 1, 2, 3] and max(scores[1:]) < scores[0]
+    assert _weights_equal(kept, warm)
+    (run_dir,) = [path for path in tmp_path.iterdir() if path.name.startswith("dpo-")]
+    saved = make_model()
+    RunCheckpoint(run_dir).load_weights(saved, "best")
+    assert _weights_equal(saved, warm)  # best.safetensors holds the warm-up's weights
+    assert json.loads((run_dir / "done.json").read_text())["best_epoch"] == 0
+    summary = training_summary(history)
+    assert summary["best_epoch"] == 0 and summary["best_valid"] == scores[0] and summary["passed_peak"]
+    again, _ = train(warm, planted_data, TrainConfig(epochs=3, **config))  # the finished run, reused
+    assert _weights_equal(again, warm)
+
+
+def test_a_run_saved_before_epoch_0_was_a_candidate_lets_the_warmup_win():
+    from rodpo.training.trainer import _count_epoch_zero
+
+    history = [{"epoch": 0, "valid_ndcg@10": 0.2}, {"epoch": 1, "valid_ndcg@10": 0.1},
+               {"epoch": 2, "valid_ndcg@10": 0.15}]
+    best = {"metric": 0.15, "epoch": 2, "evals_since": 0}
+    _count_epoch_zero(best, history, "ndcg@10")
+    assert best == {"metric": 0.2, "epoch": 0, "evals_since": 2}
+    counted = {"metric": 0.25, "epoch": 1, "evals_since": 1}
+    _count_epoch_zero(counted, history, "ndcg@10")  # a stage-2 epoch above the warm-up stays the best
+    assert counted == {"metric": 0.25, "epoch": 1, "evals_since": 1}
+
+
+def test_dpo_and_sdpo_with_m_losers_draw_the_same_losers(planted_data, make_model):
+    """So S-DPO vs DPO-M differs in the softmax form only, not in the negatives."""
+    torch.manual_seed(0)
+    warm = make_model()
+    batch = (torch.from_numpy(planted_data.train.items[:32]), torch.from_numpy(planted_data.train.timestamps[:32]))
+    losers, losses = {}, {}
+    for objective in ("dpo", "sdpo"):
+        seen = []
+        config = TrainConfig(stage="dpo", device="cpu", dpo=DPOConfig(k=5, objective=objective, n_negatives=3), **FAST)
+        stage = _Stage(warm, planted_data, config, None, pair_monitor=lambda **pairs: seen.append(pairs["losers"]))
+        _set_policy_mode(stage.policy, stochastic=False)
+        losses[objective] = stage.step_losses(*batch)["dpo_loss"].item()
+        losers[objective] = seen[0]
+    assert losers["dpo"].shape[1] == 3 and torch.equal(losers["dpo"], losers["sdpo"])
+    assert losses["dpo"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at the start
+    assert losses["sdpo"] == pytest.approx(math.log(4), abs=1e-5)  # -log σ(-log 3) = log 4
+
+
+def test_continued_warmup_control_trains_exactly_like_more_warmup_epochs(planted_data, make_model):
+    """Stage 2 with the control's overrides (λ = 0, dropout on, the warm-up's optimizer) follows the
+    warm-up's own loss and dropout: the same CE curve and weights as warm-up epochs from the same start."""
+    from rodpo.experiments.controls import CONTINUED_WARMUP, CONTROL_OVERRIDES
+    from rodpo.experiments.plan import apply_overrides
+
+    torch.manual_seed(0)
+    warm = make_model(hidden_dropout=0.3, attn_dropout=0.3)
+    warmup = TrainConfig(epochs=2, lr=5e-3, seed=7, device="cpu", **FAST)
+    overrides = {**CONTROL_OVERRIDES[CONTINUED_WARMUP], "rodpo.lr": warmup.lr, "rodpo.seed": warmup.seed}
+    control = TrainConfig(**apply_overrides({"rodpo": TrainConfig(stage="dpo", epochs=2, device="cpu", **FAST)},
+                                            overrides)["rodpo"])
+    assert control.dpo.lambda_dpo == 0.0 and control.dpo.policy_dropout_in_dpo
+    continued, continued_history = train(warm, planted_data, warmup)
+    controlled, control_history = train(warm, planted_data, control)
+    for name in ("ce_loss", "valid_ndcg@10"):
+        assert [e[name] for e in control_history[1:]] == pytest.approx([e[name] for e in continued_history], rel=1e-6)
+    assert control_history[0]["valid_ndcg@10"] < control_history[-1]["valid_ndcg@10"]  # both keep epoch 2
+    torch.testing.assert_close(controlled.state_dict(), continued.state_dict())
+
+
+def test_stage2_leaves_the_item_before_each_target_out_of_the_pool_with_earlier_items(planted_data, make_model):
+    """The trainer wires `exclude_from_pool` into the sampler: with earlier_items no random loser is
+    the item the user had just interacted with (one of the earlier items); with none, some are."""
+    torch.manual_seed(0)
+    warm = make_model()
+    batch = (torch.from_numpy(planted_data.train.items[:64]), torch.from_numpy(planted_data.train.timestamps[:64]))
+    hits = {}
+    for mode in ("none", "earlier_items"):
+        seen = []
+        dpo = DPOConfig(negative_strategy="random", n_negatives=3, exclude_from_pool=mode)
+        stage = _Stage(warm, planted_data, TrainConfig(stage="dpo", device="cpu", dpo=dpo, **FAST), None,
+                       pair_monitor=lambda **pairs: seen.append(pairs))
+        stage.step_losses(*batch)
+        hits[mode] = int((seen[0]["losers"] == seen[0]["last_items"][:, None]).sum())
+    assert hits["none"] > 0 and hits["earlier_items"] == 0

@@ -12,8 +12,11 @@ study declares primary (``<preset>.primary``) are also adjusted over their own, 
 users) stays as a secondary column, "users, models fixed": it ignores training randomness.
 Kinds of comparison:
   vs_warmup:    a = the row's own warm-up, b = the row (stage 2's effect; marker †)
-  vs_control:   a = the row's λ = 0 control (same warm-up and stage-2 budget, CE only), b = the row
-                (the preference term's own effect, beyond training longer; marker §)
+  vs_control:   a = the row's λ = 0 control (same warm-up and stage-2 budget, CE only, no dropout),
+                b = the row (the preference term's own effect, beyond training longer; marker §)
+  vs_continued_warmup: a = the row's continued warm-up (the same budget with the warm-up's loss,
+                dropout and optimizer), b = the row (beyond simply training the warm-up longer; ¶)
+  vs_<name>:    a = another row the row names as a control (``controls: {name: label}``), b = the row
   vs_reference: a = the row, b = RoDPO (the base setting) (marker ‡)
 Every metric comes twice when the runs' user ranks have the history-masked column: as evaluated
 (RecBole's protocol, the paper's) and with the user's history masked ("ndcg@5:masked").
@@ -30,15 +33,26 @@ import polars as pl
 from rodpo.metrics import HISTORY_MASKED, history_masked, per_user_metrics
 from rodpo.evaluation.inference import adjust_family, describe, seed_level_comparison
 from rodpo.evaluation.statistics import CI_METHOD, P_VALUE_METHOD, mean_std, paired_bootstrap
+from rodpo.experiments.controls import CONTINUED_WARMUP, LAMBDA_ZERO
 from rodpo.experiments.plan import Study, metric_cutoffs
 
 VS_WARMUP = "vs_warmup"
-VS_CONTROL = "vs_control"
+VS_CONTROL = "vs_control"                       # the λ = 0 control
+VS_CONTINUED = "vs_continued_warmup"            # the continued warm-up control
 VS_REFERENCE = "vs_reference"
-MARKERS = {VS_WARMUP: "†", VS_CONTROL: "§", VS_REFERENCE: "‡"}
-# How `<preset>.primary` names the comparison a row is tested in.
-VERSUS = {"warmup": VS_WARMUP, "lambda_zero_control": VS_CONTROL, "reference": VS_REFERENCE}
+MARKERS = {VS_WARMUP: "†", VS_CONTROL: "§", VS_CONTINUED: "¶", VS_REFERENCE: "‡"}
+CONTROL_KINDS = {LAMBDA_ZERO: VS_CONTROL, CONTINUED_WARMUP: VS_CONTINUED}  # Row.controls key -> test kind
+# How `<preset>.primary` names a comparison (besides a row's named controls, by their names).
+VERSUS = {"warmup": VS_WARMUP, "lambda_zero_control": LAMBDA_ZERO, "continued_warmup_control": CONTINUED_WARMUP,
+          "reference": VS_REFERENCE}
 MASKED_RANK_COLUMN = "test_rank_history_masked"
+
+
+def control_kind(name: str) -> str:
+    """The test kind of a row's control: § / ¶ for the automatic ones, ``vs_<name>`` for a named row."""
+    return CONTROL_KINDS.get(name, f"vs_{name}")
+
+
 USERS_PAIRING = ("users, models fixed: per-user test metric averaged over the seeds of each setting, "
                  "paired over users (ignores training randomness; secondary)")
 
@@ -122,7 +136,8 @@ def resolve_primary(entries: Sequence[Mapping[str, Any]] | None, study: Study, m
                     studies: Sequence[str] | None = None, where: str = "primary") -> set[tuple[str, str, str, str]]:
     """The (kind, a, b, metric) tests `entries` declare primary for `study`; an entry is
     {study (when the preset has several), row: <row label>, versus: warmup | lambda_zero_control |
-    reference, metric: <a studied metric, or "<metric>:masked">}. Anything unknown is an error naming
+    continued_warmup_control | reference | a control the row names, metric: <a studied metric, or
+    "<metric>:masked">}. Anything unknown is an error naming
     `where` (the parameter) and the choices. `studies`: every study of the preset (None: entries
     naming another study are skipped, as the pipeline node does after the build-time check)."""
     known = list(studies) if studies is not None else [study.name]
@@ -143,14 +158,21 @@ def resolve_primary(entries: Sequence[Mapping[str, Any]] | None, study: Study, m
         rows = {row.label: row for row in study.rows}
         if entry["row"] not in rows:
             raise ValueError(f"{label}: row {entry['row']!r} is not a row of study {name!r}; rows: {sorted(rows)}.")
-        if entry["versus"] not in VERSUS:
-            raise ValueError(f"{label}: versus={entry['versus']!r}; expected one of {sorted(VERSUS)}.")
+        row = rows[entry["row"]]
+        named = sorted(set(row.controls) - set(CONTROL_KINDS))
+        if entry["versus"] not in VERSUS and entry["versus"] not in named:
+            raise ValueError(f"{label}: versus={entry['versus']!r}; expected one of {sorted(VERSUS)} or a control this "
+                             f"row names ({named}).")
         if entry["metric"] not in metrics:
             raise ValueError(f"{label}: metric={entry['metric']!r} is not tested; expected one of {list(metrics)}.")
-        row, kind = rows[entry["row"]], VERSUS[entry["versus"]]
-        pair = {VS_WARMUP: (row.warmup, row.setting), VS_CONTROL: (row.control, row.setting),
-                VS_REFERENCE: (row.setting, study.reference)}[kind]
-        if None in pair or pair[0] == pair[1] or (kind == VS_WARMUP and row.warmup_only):
+        versus = VERSUS.get(entry["versus"], entry["versus"])
+        if versus == VS_WARMUP:
+            kind, pair = VS_WARMUP, (None if row.warmup_only else row.warmup, row.setting)
+        elif versus == VS_REFERENCE:
+            kind, pair = VS_REFERENCE, (row.setting, study.reference)
+        else:
+            kind, pair = control_kind(versus), (row.controls.get(versus), row.setting)
+        if None in pair or pair[0] == pair[1]:
             raise ValueError(f"{label}: row {entry['row']!r} has no {entry['versus']} comparison.")
         chosen.add((kind, *pair, entry["metric"]))
     return chosen
@@ -175,20 +197,22 @@ TRAINING_DIAGNOSTICS = ("ce_loss", "dpo_loss", "rewards_accuracy", "rewards_chos
 
 def training_summary(history: Sequence[Mapping[str, Any]], valid_metric: str = "ndcg@10") -> dict[str, Any]:
     """How a run trained, from its per-epoch history: epochs run, the best epoch (the trainer's rule:
-    the latest epoch with the highest validation metric), its validation score, and the stage-2
-    diagnostics of that epoch (DPO loss, TRL's reward accuracy / chosen reward / margin, the policy's
-    own score margin; absent for the warm-up and the reference-free objectives' reward terms). A best
-    epoch before the last one means the run passed its validation peak: it converged."""
+    the latest epoch with the highest validation metric; in stage 2 epoch 0, the warm-up itself, is a
+    candidate, so best_epoch 0 means the stage returned the warm-up's weights), its validation score,
+    and the stage-2 diagnostics of that epoch (DPO loss, TRL's reward accuracy / chosen reward /
+    margin, the policy's own score margin; absent for the warm-up and the reference-free objectives'
+    reward terms). A best epoch before the last one means the run passed its validation peak."""
     key = f"valid_{valid_metric}"
     trained = [entry for entry in history if entry.get("epoch", 0) >= 1]
-    scored = [entry for entry in trained if key in entry]
+    scored = [entry for entry in history if key in entry]
     if not scored:
         return {"epochs_run": len(trained), "best_epoch": None, "best_valid": None, "passed_peak": False}
     best = max(scored, key=lambda entry: (entry[key], entry["epoch"]))  # ties: the latest, as the trainer
     start = next((entry for entry in history if entry.get("epoch") == 0 and key in entry), None)
-    return {"epochs_run": max(entry["epoch"] for entry in trained), "best_epoch": best["epoch"],
+    last = max((entry["epoch"] for entry in trained), default=0)
+    return {"epochs_run": last, "best_epoch": best["epoch"],
             "best_valid": best[key], "start_valid": start[key] if start else None,
-            "passed_peak": best["epoch"] < max(entry["epoch"] for entry in trained),
+            "passed_peak": best["epoch"] < last,
             **{name: best[name] for name in TRAINING_DIAGNOSTICS if name in best}}
 
 
@@ -234,14 +258,18 @@ def summarise_study(
             tests.append({"kind": kind, "a": a, "b": b, "metric": metric,
                           "primary": (kind, a, b, metric) in primary_tests, **result})
 
+    def compare_controls(controls: Mapping[str, str], setting: str) -> None:
+        for name, control in controls.items():
+            if control != setting:  # e.g. the components table's own "λ = 0" row
+                compare(control_kind(name), control, setting)
+
     compare(VS_WARMUP, study.reference_warmup, study.reference)
-    if study.reference_control:
-        compare(VS_CONTROL, study.reference_control, study.reference)
+    compare_controls(study.reference_controls or ({LAMBDA_ZERO: study.reference_control}
+                                                  if study.reference_control else {}), study.reference)
     for row in study.rows:
         if not row.warmup_only:
             compare(VS_WARMUP, row.warmup, row.setting)
-        if row.control and row.control != row.setting:
-            compare(VS_CONTROL, row.control, row.setting)
+        compare_controls(row.controls or ({LAMBDA_ZERO: row.control} if row.control else {}), row.setting)
         if row.setting != study.reference:
             compare(VS_REFERENCE, row.setting, study.reference)
     adjust_family(tests)
@@ -255,21 +283,24 @@ def summarise_study(
     def significant(kind: str, a: str | None, b: str, metric: str) -> bool:
         return any(t["significant"] and (t["kind"], t["a"], t["b"], t["metric"]) == (kind, a, b, metric) for t in tests)
 
+    def baselines(row) -> list[tuple[str, str]]:
+        """(kind, setting) a row is measured against for its markers and bold: warm-up and automatic controls."""
+        wanted = [] if row.warmup_only else [(VS_WARMUP, row.warmup)]
+        controls = row.controls or ({LAMBDA_ZERO: row.control} if row.control else {})
+        return wanted + [(CONTROL_KINDS[name], setting) for name, setting in controls.items()
+                         if name in CONTROL_KINDS and setting != row.setting]
+
     def marker(row, metric: str) -> str:
-        text = ""
-        if not row.warmup_only and significant(VS_WARMUP, row.warmup, row.setting, metric):
-            text += MARKERS[VS_WARMUP]
-        if significant(VS_CONTROL, row.control, row.setting, metric):
-            text += MARKERS[VS_CONTROL]
+        found = [kind for kind, a in baselines(row) if significant(kind, a, row.setting, metric)]
         if significant(VS_REFERENCE, row.setting, study.reference, metric):
-            text += MARKERS[VS_REFERENCE]
-        return text
+            found.append(VS_REFERENCE)
+        return "".join(MARKERS[kind] for kind in MARKERS if kind in found)
 
     def beats_all(row, metric: str) -> bool:
-        """Bold: better than its warm-up and every control of it, each significant after Holm."""
-        if row.warmup_only:
+        """Bold: better than its warm-up and every automatic control of it, each significant after Holm."""
+        wanted = baselines(row)
+        if row.warmup_only or not wanted:
             return False
-        wanted = [(VS_WARMUP, row.warmup)] + ([(VS_CONTROL, row.control)] if row.control else [])
         found = [t for t in tests if t["metric"] == metric and t["b"] == row.setting and (t["kind"], t["a"]) in wanted]
         return len(found) == len(wanted) and all(t["significant"] and t["mean_diff"] > 0 for t in found)
 
@@ -278,7 +309,7 @@ def summarise_study(
         summary = settings[row.setting]
         rows.append({
             "label": row.label, "setting": row.setting, "warmup": row.warmup, "warmup_only": row.warmup_only,
-            "control": row.control, "sweep": row.sweep, "value": row.value,
+            "control": row.control, "controls": dict(row.controls), "sweep": row.sweep, "value": row.value,
             "mean": {m: summary["mean"][m] for m in metrics}, "std": {m: summary["std"][m] for m in metrics},
             "markers": {m: marker(row, m) for m in metrics}, "bold": {m: beats_all(row, m) for m in metrics},
         })
@@ -294,6 +325,7 @@ def summarise_study(
         "reference": study.reference,
         "reference_warmup": study.reference_warmup,
         "reference_control": study.reference_control,
+        "reference_controls": dict(study.reference_controls),
         "rows": rows,
         "settings": settings,
         "tests": tests,
@@ -306,7 +338,9 @@ def summarise_study(
             "users_only": {"pairing": USERS_PAIRING, "p_value_method": P_VALUE_METHOD, "ci_method": CI_METHOD},
             "markers": {MARKERS[VS_WARMUP]: "differs from its own warm-up model (a = warm-up, b = row)",
                         MARKERS[VS_CONTROL]: "differs from its λ = 0 control: same warm-up and stage-2 budget, CE "
-                                             "only (a = control, b = row)",
+                                             "only, no dropout (a = control, b = row)",
+                        MARKERS[VS_CONTINUED]: "differs from its continued warm-up: same warm-up and stage-2 "
+                                               "budget, the warm-up's loss, dropout and optimizer (a = control, b = row)",
                         MARKERS[VS_REFERENCE]: "differs from RoDPO, the base setting (a = row, b = RoDPO)"},
         },
     }

@@ -6,12 +6,14 @@ with the same effective parameters are one *setting*, trained once per seed and 
 study row that names it (Top-K sampling in Table 2 = the full model in Table 3 = K=50 = beta=1.0
 in Figure 3). A DPO setting starts from, and is referenced to, the warm-up of its model and
 warm-up parameters, so DPO-only variants share one warm-up per seed and an architecture variant
-(w/o Sparse MoE) gets its own. Every DPO row also gets a *control*: the same warm-up and the same
-stage-2 budget with the preference term off (``rodpo.dpo.lambda_dpo: 0``, every other ``rodpo.dpo.*``
-at its base value: with λ = 0 they do not change the weights), so "DPO helped" can be told apart
-from "trained longer"; DPO rows of one warm-up share one control. A setting is named by how it differs from the base: ``rodpo`` (the
-base, the paper's RoDPO), ``rodpo_k10``, ``rodpo_moe_mode_mlp``, ``warmup``, ...; a run appends
-its seed: ``rodpo_k10_s2020``.
+(w/o Sparse MoE) gets its own.
+
+Every DPO row also gets *controls* (``Row.controls``: kind -> setting; ``rodpo.experiments.controls``),
+stage 2 from its warm-up with its stage-2 budget, shared by the rows of one warm-up: the λ = 0
+control (also ``Row.control``) and the continued warm-up; a row may name other rows as controls.
+A setting is named by how it differs from the base: ``rodpo`` (the base, the paper's RoDPO),
+``rodpo_k10``, ``warmup_moe_mode_mlp``; a control by its kind and how else it differs:
+``control_lambda0``, ``control_continued_warmup_moe_mode_mlp``; a run appends its seed.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from rodpo.experiments.controls import (CONTROL_LABELS, CONTROL_PREFIX, LAMBDA_ZERO, check_row_controls,
+                                        control_overrides, enabled_controls, resolve_row_controls)
 from rodpo.metrics import METRIC_NAMES
 from rodpo.model.config import ModelConfig
 from rodpo.training.assembly import DATA_FIELDS
@@ -34,7 +38,6 @@ SECTIONS = ("model", "warmup", "rodpo")
 STAGE_SECTIONS = {"warmup": ("model", "warmup"), "dpo": ("rodpo",)}
 BASE_DPO = "rodpo"     # name of the base DPO setting: the reference every study tests against
 BASE_WARMUP = "warmup"
-CONTROL_OVERRIDES = {"rodpo.dpo.lambda_dpo": 0.0}   # the λ = 0 control: stage 2 with CE only
 MAX_NAME_CHARS = 48    # longer setting names are cut and get a hash suffix
 NAME_HASH_CHARS = 8
 
@@ -63,7 +66,8 @@ class Row:
     warmup_only: bool = False
     sweep: str | None = None        # sweeps: the swept parameter's label ("K") and value
     value: Any = None
-    control: str | None = None      # the λ = 0 setting of the same warm-up and stage-2 budget (DPO rows)
+    control: str | None = None      # the λ = 0 control (= controls["lambda0"]); None for warm-up rows
+    controls: dict[str, str] = field(default_factory=dict)  # kind -> setting: lambda0, continued_warmup, named rows
 
 
 @dataclass(frozen=True)
@@ -75,14 +79,15 @@ class Study:
     seeds: tuple[int, ...]
     reference: str = BASE_DPO
     reference_warmup: str = BASE_WARMUP
-    reference_control: str | None = None
+    reference_control: str | None = None  # the reference's λ = 0 control (= reference_controls["lambda0"])
+    reference_controls: dict[str, str] = field(default_factory=dict)
     differences: dict[str, dict[str, Any]] = field(default_factory=dict)  # setting -> how it differs from the base
 
     def settings(self) -> list[str]:
         """Every setting the study reads: its rows, their warm-ups and the reference, in order."""
-        names = [self.reference, self.reference_warmup, self.reference_control]
+        names = [self.reference, self.reference_warmup, self.reference_control, *self.reference_controls.values()]
         for row in self.rows:
-            names += [row.setting, row.warmup, row.control]
+            names += [row.setting, row.warmup, row.control, *row.controls.values()]
         return [name for name in dict.fromkeys(names) if name is not None]
 
     def runs(self) -> list[str]:
@@ -302,11 +307,13 @@ def _study_rows(name: str, study: Mapping[str, Any]) -> tuple[str, list[dict[str
     if "rows" in study:
         for index, row in enumerate(study["rows"]):
             row_where = f"{where}.rows[{index}]"
-            unknown = set(row) - {"label", "overrides", "warmup_only"}
+            unknown = set(row) - {"label", "overrides", "warmup_only", "controls"}
             if "label" not in row or unknown:
-                raise ValueError(f"{row_where}: expected {{label, overrides, warmup_only}}, got keys {sorted(row)}.")
+                raise ValueError(f"{row_where}: expected {{label, overrides, warmup_only, controls}}, got keys "
+                                 f"{sorted(row)}.")
             entries.append({"label": str(row["label"]), "warmup_only": bool(row.get("warmup_only", False)),
-                            "overrides": _check_overrides(row.get("overrides"), row_where)})
+                            "overrides": _check_overrides(row.get("overrides"), row_where),
+                            "controls": check_row_controls(row.get("controls"), f"{row_where}.controls")})
         return "rows", entries
     for index, sweep in enumerate(study["sweeps"]):
         sweep_where = f"{where}.sweeps[{index}]"
@@ -344,11 +351,12 @@ def plan_experiments(design: Mapping[str, Any], base: Mapping[str, Any]) -> Expe
     settings: dict[str, Setting] = {}
     identities: dict[str, str] = {}  # identity json -> setting name
 
-    def register(stage: str, difference: dict[str, Any], warmup: str | None) -> str:
+    def register(stage: str, difference: dict[str, Any], warmup: str | None, prefix: str,
+                 named: Mapping[str, Any]) -> str:
         identity = json.dumps([stage, difference], sort_keys=True, default=str)
         if identity in identities:
             return identities[identity]
-        name = _setting_name(BASE_WARMUP if stage == "warmup" else BASE_DPO, difference)
+        name = _setting_name(prefix, named)
         if name in settings:  # two different settings with one readable name (e.g. 1 and "1")
             name = f"{name}_{hashlib.sha256(identity.encode()).hexdigest()[:NAME_HASH_CHARS]}"
         sections = STAGE_SECTIONS[stage]
@@ -357,44 +365,53 @@ def plan_experiments(design: Mapping[str, Any], base: Mapping[str, Any]) -> Expe
         identities[identity] = name
         return name
 
-    def add_variant(overrides: Mapping[str, Any], warmup_only: bool, where: str) -> tuple[str, str]:
+    def add_variant(overrides: Mapping[str, Any], warmup_only: bool, where: str, prefix: str = BASE_DPO,
+                    said_by_prefix: Collection[str] = ()) -> tuple[str, str]:
+        """(setting, its warm-up setting). A DPO setting is named `prefix` plus how it differs from the
+        base, except in the paths the prefix already says (a control's own overrides)."""
         effective = _normalised(apply_overrides(base_sections, overrides, where=where))
         difference = _difference(normal_base, effective)
         warmup_difference = {p: v for p, v in difference.items() if p.split(".")[0] != "rodpo"}
-        warmup = register("warmup", warmup_difference, None)
+        warmup = register("warmup", warmup_difference, None, BASE_WARMUP, warmup_difference)
         if warmup_only:
             if len(warmup_difference) != len(difference):
                 raise ValueError(f"{where}: a warmup_only row evaluates the warm-up model, so rodpo.* "
                                  "overrides have no effect; remove them.")
             return warmup, warmup
-        return register("dpo", difference, warmup), warmup
+        named = {p: v for p, v in difference.items() if p not in said_by_prefix}
+        return register("dpo", difference, warmup, prefix, named), warmup
 
-    with_controls = design.get("lambda_zero_control", True)
-    if not isinstance(with_controls, bool):
-        raise ValueError(f"experiments.lambda_zero_control: expected true or false, got {with_controls!r}.")
+    enabled = enabled_controls(design)
 
-    def add_control(overrides: Mapping[str, Any], where: str) -> str | None:
-        """The λ = 0 setting of a DPO variant: its model / warm-up / stage-2 budget, no preference term."""
-        if not with_controls:
-            return None
+    def add_controls(overrides: Mapping[str, Any], where: str) -> dict[str, str]:
+        """The enabled controls of a DPO variant: its model / warm-up / stage-2 budget, CE only."""
         kept = {path: value for path, value in overrides.items() if not path.startswith("rodpo.dpo.")}
-        return add_variant({**kept, **CONTROL_OVERRIDES}, False, f"{where} (its λ = 0 control)")[0]
+        warmup = TrainConfig(**apply_overrides(base_sections, kept, where=where)["warmup"])  # the row's own
+        controls = {}
+        for kind in enabled:
+            control = control_overrides(kind, warmup)
+            controls[kind] = add_variant({**kept, **control}, False, f"{where} (its {CONTROL_LABELS[kind]})",
+                                         prefix=f"{CONTROL_PREFIX}{kind}", said_by_prefix=control)[0]
+        return controls
 
     reference, reference_warmup = add_variant({}, False, "base parameters")
-    reference_control = add_control({}, "base parameters")
+    reference_controls = add_controls({}, "base parameters")
     planned = {}
     for name, study in studies.items():
         kind, entries = _study_rows(name, study)
+        where = f"experiments.studies.{name}"
+        variants = [add_variant(entry["overrides"], entry["warmup_only"], where) for entry in entries]
+        named = resolve_row_controls(entries, [setting for setting, _ in variants], where)
         rows = []
-        for entry in entries:
-            where = f"experiments.studies.{name}"
-            setting, warmup = add_variant(entry["overrides"], entry["warmup_only"], where)
-            control = None if entry["warmup_only"] else add_control(entry["overrides"], where)
+        for entry, (setting, warmup), row_named in zip(entries, variants, named):
+            controls = {} if entry["warmup_only"] else add_controls(entry["overrides"], where)
             rows.append(Row(label=entry["label"], setting=setting, warmup=warmup, warmup_only=entry["warmup_only"],
-                            sweep=entry.get("sweep"), value=entry.get("value"), control=control))
+                            sweep=entry.get("sweep"), value=entry.get("value"), control=controls.get(LAMBDA_ZERO),
+                            controls={**controls, **row_named}))
         planned[name] = Study(name=name, title=str(study.get("title", name)), kind=kind, rows=tuple(rows),
                               seeds=seeds, reference=reference, reference_warmup=reference_warmup,
-                              reference_control=reference_control)
+                              reference_control=reference_controls.get(LAMBDA_ZERO),
+                              reference_controls=reference_controls)
         planned[name] = dataclasses.replace(planned[name], differences={
             setting: settings[setting].difference for setting in planned[name].settings()})
     return ExperimentPlan(seeds=seeds, settings=settings, studies=planned, base_overrides=preset_overrides)

@@ -12,11 +12,12 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from rodpo.evaluation.reports import MISSING, logit_distribution_figure, metric_label
-from rodpo.experiments.aggregate import MARKERS, VS_CONTROL, VS_REFERENCE, VS_WARMUP
+from rodpo.experiments.aggregate import MARKERS, VS_CONTINUED, VS_CONTROL, VS_REFERENCE, VS_WARMUP
+from rodpo.experiments.controls import CONTINUED_WARMUP, CONTROL_LABELS, LAMBDA_ZERO
 
 REFERENCE_NAME = "RoDPO"
 WARMUP_NAME = "Warm-up (SFT)"
-CONTROL_NAME = "λ = 0 control"
+CONTROL_NAME = CONTROL_LABELS[LAMBDA_ZERO]
 METRIC_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive")
 LABEL_WRAP = 16          # characters per line of a bar label
 BAR_GROUP_WIDTH = 0.8    # share of a bar-chart slot taken by one row's bars
@@ -33,11 +34,16 @@ def display_names(results: Mapping[str, Any]) -> dict[str, str]:
     names.setdefault(results["reference"], REFERENCE_NAME)
     names.setdefault(results["reference_warmup"], WARMUP_NAME)
     for row in results["rows"]:
-        if row.get("control") and row["control"] not in names:
-            own = row["warmup"] == results["reference_warmup"]
-            names[row["control"]] = CONTROL_NAME if own else f"{CONTROL_NAME} of {names.get(row['warmup'], row['warmup'])}"
-    if results.get("reference_control"):
-        names.setdefault(results["reference_control"], CONTROL_NAME)
+        controls = row.get("controls") or ({LAMBDA_ZERO: row["control"]} if row.get("control") else {})
+        for kind, setting in controls.items():
+            if kind in CONTROL_LABELS and setting not in names:
+                own = row["warmup"] == results["reference_warmup"]
+                label = CONTROL_LABELS[kind]
+                names[setting] = label if own else f"{label} of {names.get(row['warmup'], row['warmup'])}"
+    reference = results.get("reference_controls") or (
+        {LAMBDA_ZERO: results["reference_control"]} if results.get("reference_control") else {})
+    for kind, setting in reference.items():
+        names.setdefault(setting, CONTROL_LABELS.get(kind, f"`{setting}`"))
     for setting in results["settings"]:
         names.setdefault(setting, f"Warm-up `{setting}`" if setting.startswith("warmup") else f"`{setting}`")
     return names
@@ -70,9 +76,11 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 def _context_rows(results: Mapping[str, Any], warmup_label: str, decimals: int) -> list[list[str]]:
-    """The reference's warm-up and λ = 0 control as italic context rows, unless a row shows them."""
+    """The reference's warm-up and controls as italic context rows, unless a row shows them."""
     shown = {row["setting"] for row in results["rows"]}
-    context = [(results["reference_warmup"], warmup_label), (results.get("reference_control"), CONTROL_NAME)]
+    controls = results.get("reference_controls") or {LAMBDA_ZERO: results.get("reference_control")}
+    context = [(results["reference_warmup"], warmup_label),
+               *((setting, CONTROL_LABELS[kind]) for kind, setting in controls.items() if kind in CONTROL_LABELS)]
     lines = []
     for setting, label in context:
         if setting and setting not in shown:
@@ -89,13 +97,15 @@ def _legend(results: Mapping[str, Any], names: Mapping[str, str]) -> str:
     unavailable = len(seeds) < significance.get("min_seeds", 3)
     return (
         f"{MARKERS[VS_WARMUP]} differs significantly from the row's own warm-up model; "
-        f"{MARKERS[VS_CONTROL]} from its {CONTROL_NAME} (same warm-up and stage-2 budget, CE only: the "
-        f"preference term's effect beyond training longer); "
+        f"{MARKERS[VS_CONTROL]} from its {CONTROL_NAME}: same warm-up and stage-2 budget, preference term "
+        f"off (the preference term's effect beyond training longer); "
+        f"{MARKERS[VS_CONTINUED]} from its {CONTROL_LABELS[CONTINUED_WARMUP]}: the same budget with the warm-up's "
+        f"loss, dropout and optimizer (beyond training the warm-up longer); "
         f"{MARKERS[VS_REFERENCE]} differs significantly from {names[results['reference']]} "
         f"(the base setting, `{results['reference']}`). **Significant** means Holm-adjusted p < {alpha:g} over "
         f"all {len(results['tests'])} tests of this report, where each test is across the trained seeds: the "
         f"per-seed differences (each seed's two models on the same {results['users']:,} test users) in a "
-        f"paired t-test (p_seed); bold: better than its warm-up and its control, both significant. "
+        f"paired t-test (p_seed); bold: better than its warm-up and every control, all significant. "
         + ("**With fewer than 3 seeds no seed-level test is available: no markers, no bold.** " if unavailable else "")
         + f"Full ranking over all items; mean ± sample std over seeds {', '.join(str(s) for s in seeds)}. "
         f"The tests below give each difference, its {confidence:.0%} two-level bootstrap CI (seeds, then users), "
@@ -127,7 +137,7 @@ def study_table_markdown(results: Mapping[str, Any], *, decimals: int = 4, p_dec
         "or RoDPO (‡). \"(masked)\": the user's history left out of the ranking. \"n/a\": fewer than 3 seeds.", ""]
     body, line_of = [], {}
     for test in results["tests"]:
-        marker = MARKERS[test["kind"]] if test["significant"] else ""
+        marker = MARKERS.get(test["kind"], "*") if test["significant"] else ""
         pair = (test["a"], test["b"], test["metric"])
         if pair in line_of:  # e.g. RoDPO vs its warm-up is both † and ‡ in Table 3: one line, both markers
             body[line_of[pair]][-1] += marker
@@ -177,8 +187,10 @@ def _training_lines(results: Mapping[str, Any], names: Mapping[str, str]) -> lis
                      *(_mean_of([r.get(key) for r in runs]) for key in ("dpo_loss", "rewards_accuracy",
                                                                         "rewards_chosen", "score_margin"))])
     return ["", "### Training", "",
-            "Epochs run and best epoch per seed (the model kept is the best epoch's); \"peak passed\": seeds "
-            "whose best epoch came before their last (trained to the validation peak). Valid NDCG@10 from the "
+            "Epochs run and best epoch per seed (the model kept is the best epoch's; a stage-2 best epoch of "
+            "0: no epoch beat the warm-up on validation, so the stage kept the warm-up's weights); \"peak "
+            "passed\": seeds whose best epoch came before their last (trained to the validation peak). Valid "
+            "NDCG@10 from the "
             "stage's start (stage 2: the warm-up model) to its best epoch; the stage-2 diagnostics at the "
             "best epoch, means over seeds: the preference loss, TRL's reward accuracy and chosen reward "
             "β(s − s_ref)(y_w) (below 0: the chosen item's score drifted down), and the policy's score "

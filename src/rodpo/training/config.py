@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rodpo.training.dpo import NEGATIVE_STRATEGIES
+from rodpo.training.dpo import NEGATIVE_STRATEGIES, POOL_EXCLUSIONS
 from rodpo.training.objectives import OBJECTIVES, REFERENCE_FREE, validate_objective_config
 
 STAGES = ("warmup", "dpo")
@@ -30,7 +31,11 @@ class DPOConfig:
     # 0.0489 / 0.0490 / 0.0502 / 0.0504 for lambda = 0 / 0.1 / 0.5 / 1.0: 1.0 chosen on validation.
     lambda_dpo: float = 1.0
     negative_strategy: str = "topk_uniform"
-    exclude_history: bool = False  # drop the sequence's own items from the negative pool (off in the paper)
+    # Items left out of each target's negative pool besides the positive (rodpo.training.dpo.POOL_EXCLUSIONS):
+    # none (the paper) | earlier_items (the window's items before the target) | window_items (the whole
+    # window, later targets included). Every strategy honours it, random included.
+    exclude_from_pool: str = "none"
+    exclude_history: bool = False  # deprecated: true means exclude_from_pool=window_items (set to false on load)
     # False (TRL's default): no dropout / router noise in the policy during stage 2, so pi_theta == pi_ref
     # at the start and L_DPO starts at ln 2. With dropout on (amazon-beauty, lambda 1.0) L_DPO sat near 1.8
     # and reward accuracy near 0.25 (noise-dominated margins) for the same valid NDCG@10 (0.0504 both).
@@ -43,6 +48,19 @@ class DPOConfig:
     reference: str = "model"
 
     def __post_init__(self) -> None:
+        if self.exclude_history:
+            if self.exclude_from_pool not in ("none", "window_items"):
+                raise ValueError(f"rodpo.dpo.exclude_history=true with rodpo.dpo.exclude_from_pool="
+                                 f"{self.exclude_from_pool!r}: the two disagree; drop exclude_history (deprecated).")
+            warnings.warn("rodpo.dpo.exclude_history is deprecated: it removes the whole training window from the "
+                          "negative pool, later targets included; read as rodpo.dpo.exclude_from_pool=window_items. "
+                          "Set exclude_from_pool instead (earlier_items: only the items before each target).",
+                          FutureWarning, stacklevel=3)
+            object.__setattr__(self, "exclude_from_pool", "window_items")
+            object.__setattr__(self, "exclude_history", False)
+        if self.exclude_from_pool not in POOL_EXCLUSIONS:
+            raise ValueError(f"rodpo.dpo.exclude_from_pool={self.exclude_from_pool!r}: expected one of "
+                             f"{POOL_EXCLUSIONS}.")
         if self.negative_strategy not in NEGATIVE_STRATEGIES:
             raise ValueError(f"rodpo.dpo.negative_strategy={self.negative_strategy!r}: expected one of "
                              f"{NEGATIVE_STRATEGIES}.")
@@ -122,4 +140,10 @@ class TrainConfig:
             values.pop(name)
         if self.stage == "warmup":
             values.pop("dpo")
+        else:  # the pool exclusion in the spelling runs had before exclude_from_pool: their checkpoints still resume
+            dpo = values["dpo"]
+            legacy = {"none": False, "window_items": True}.get(dpo["exclude_from_pool"])
+            if legacy is not None:
+                dpo.pop("exclude_from_pool")
+                dpo["exclude_history"] = legacy
         return values

@@ -1,5 +1,6 @@
-"""RoDPO's stage-2 pieces: the DPO loss on logit margins (Eq. 5), negative samplers (Eq. 4 and the
-paper's ablations), the frozen reference policy, and TRL-style implicit-reward statistics.
+"""RoDPO's stage-2 pieces: negative samplers (Eq. 4 and the paper's ablations) and what they leave
+out of the pool, the frozen reference policy, and TRL-style implicit-reward statistics. The losses
+(DPO, Eq. 5, and the other objectives) are in `rodpo.training.objectives`.
 """
 
 from __future__ import annotations
@@ -7,23 +8,15 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rodpo.scoring import draw_from_pool, top_k_items
 
 NEGATIVE_STRATEGIES = ("topk_uniform", "argmax", "random")
-
-
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
-             reference_rejected: torch.Tensor, beta: float) -> torch.Tensor:
-    """Per-pair L_DPO = -log sigmoid(beta * [(s(y_w) - s(y_l)) - (s_ref(y_w) - s_ref(y_l))])  (Eq. 5).
-
-    The softmax partition function cancels in the log-ratio, so raw logits s are enough.
-    """
-    policy_margin = policy_chosen - policy_rejected
-    reference_margin = reference_chosen - reference_rejected
-    return -F.logsigmoid(beta * (policy_margin - reference_margin))
+# What `rodpo.dpo.exclude_from_pool` leaves out of a target's negative pool, besides the positive:
+# none (the paper), earlier_items (the items before the target in its training window: what the
+# user had interacted with at that step), window_items (the whole window, later targets included).
+POOL_EXCLUSIONS = ("none", "earlier_items", "window_items")
 
 
 def implicit_reward_stats(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
@@ -58,8 +51,8 @@ def sample_negatives(states: torch.Tensor, table: torch.Tensor, positives: torch
     topk_uniform: y_l ~ U(TopK({s(x, i) : i != y_w}, K))  (Eq. 4, RoDPO's stochastic top-K);
     argmax:       the best-scored non-positive item (hard negative ablation; M = 1);
     random:       uniform over all real items except the positive (random ablation).
-    `exclude_ids` (N, L) item ids, 0-padded, leave more items out of the pool (the user's history;
-    off in the paper). `generator` must live on the states' device.
+    `exclude_ids` (N, L) item ids, 0-padded, leave more items out of every strategy's pool (see
+    `pool_exclusions`; none in the paper). `generator` must live on the states' device.
     """
     if strategy not in NEGATIVE_STRATEGIES:
         raise ValueError(f"sample_negatives: strategy={strategy!r}, expected one of {NEGATIVE_STRATEGIES}.")
@@ -72,7 +65,7 @@ def sample_negatives(states: torch.Tensor, table: torch.Tensor, positives: torch
     if strategy == "argmax":
         if bool((pool[:, 0] == 0).any()):
             raise ValueError("sample_negatives: a row has no candidate negative left (every item is the positive, "
-                             "padding or excluded); drop rodpo.dpo.exclude_history.")
+                             "padding or excluded); set rodpo.dpo.exclude_from_pool=none.")
         return pool[:, :1]
     return draw_from_pool(pool, pool > 0, n_negatives, generator)
 
@@ -96,8 +89,31 @@ def _uniform_negatives(positives: torch.Tensor, n_items: int, m: int, generator:
         draws = torch.where(redraw, fresh, draws)
     raise ValueError(f"sample_negatives: could not draw {m} distinct random negatives per row in "
                      f"{MAX_REJECTION_ROUNDS} rounds; the catalog of {n_items} items is too small once the positive "
-                     "and the excluded history are left out. Lower rodpo.dpo.n_negatives or drop "
-                     "rodpo.dpo.exclude_history.")
+                     "and the excluded items are left out. Lower rodpo.dpo.n_negatives or set "
+                     "rodpo.dpo.exclude_from_pool=none.")
+
+
+def pool_exclusions(windows: torch.Tensor, is_target: torch.Tensor, exclude_from_pool: str) -> torch.Tensor | None:
+    """Item ids (N, L + 1), 0-padded, that each target leaves out of its negative pool; None for "none".
+
+    `windows` (B, L + 1) are right-padded training windows; `is_target` (B, L) marks their real
+    targets (window position t + 1), and the N targets are taken in its row-major order, as the
+    trainer gathers them. earlier_items: the window's items at positions 0..t, i.e. the input
+    sequence the model saw before predicting this target (older items of a user whose sequence was
+    cut into several windows are not in it); window_items: every item of the window, later targets
+    included.
+    """
+    if exclude_from_pool not in POOL_EXCLUSIONS:
+        raise ValueError(f"rodpo.dpo.exclude_from_pool={exclude_from_pool!r}: expected one of {POOL_EXCLUSIONS}.")
+    if exclude_from_pool == "none":
+        return None
+    window_of_target = torch.arange(windows.shape[0], device=windows.device)[:, None].expand_as(is_target)[is_target]
+    excluded = windows[window_of_target]  # (N, L + 1)
+    if exclude_from_pool == "earlier_items":
+        position = torch.arange(is_target.shape[1], device=windows.device).expand_as(is_target)[is_target]  # t, (N,)
+        later = torch.arange(windows.shape[1], device=windows.device)[None, :] > position[:, None]
+        excluded = excluded.masked_fill(later, 0)
+    return excluded
 
 
 def frozen_reference(policy: nn.Module) -> nn.Module:

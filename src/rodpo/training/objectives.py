@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from rodpo.scoring import draw_from_pool  # noqa: F401 - the pool draw lives in the scoring core
-from rodpo.training.dpo import NEGATIVE_STRATEGIES, dpo_loss
+from rodpo.training.dpo import NEGATIVE_STRATEGIES
 
 REFERENCE_FREE = {"simpo", "bpr"}
 _POOLED_STRATEGIES = ("topk_uniform", "argmax")  # losers come from a pool of K (argmax: of 1)
@@ -23,16 +23,15 @@ _POOLED_STRATEGIES = ("topk_uniform", "argmax")  # losers come from a pool of K 
 
 def dpo(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
         reference_rejected: torch.Tensor, *, beta: float) -> torch.Tensor:
-    """L = -log σ(β[(s(w) - s_ref(w)) - (s(l) - s_ref(l))])  (paper Eq. 5; Rafailov et al. 2023), M = 1.
+    """L = mean_l -log σ(β[(s(w) - s(l)) - (s_ref(w) - s_ref(l))])  (paper Eq. 5; Rafailov et al. 2023).
 
-    Delegates to `rodpo.training.dpo.dpo_loss`, so the trainer's loss and this one cannot drift.
+    The one definition of DPO in rodpo. With M > 1 losers it is the mean of M pairwise DPO terms,
+    each loser on its own: drawn from the same pool as S-DPO's M losers, so "S-DPO vs DPO with M
+    losers" differs only in the softmax form.
     """
-    n_losers = policy_rejected.shape[1]
-    if n_losers != 1:
-        raise ValueError(f"objective 'dpo' takes one loser per row, got M={n_losers} "
-                         f"(policy_rejected {tuple(policy_rejected.shape)}); set rodpo.dpo.objective=sdpo "
-                         "for several losers, or rodpo.dpo.n_negatives=1.")
-    return dpo_loss(policy_chosen, policy_rejected[:, 0], reference_chosen, reference_rejected[:, 0], beta)
+    policy_margin = policy_chosen.unsqueeze(1) - policy_rejected  # (N, M)
+    reference_margin = reference_chosen.unsqueeze(1) - reference_rejected  # (N, M)
+    return -F.logsigmoid(beta * (policy_margin - reference_margin)).mean(dim=1)
 
 
 def sdpo(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
@@ -140,7 +139,7 @@ def validate_objective_config(objective: str, n_negatives: int, k: int, strategy
                               beta: float | None = None, gamma: float = 0.0) -> None:
     """Fail at config time on a combination `preference_loss` or `draw_from_pool` would reject later.
 
-    M = n_negatives losers per row: at least 1; exactly 1 for 'dpo'; at most the pool size for the
+    M = n_negatives losers per row, for every objective: at least 1; at most the pool size for the
     pooled strategies (topk_uniform: K = k; argmax: 1). 'random' draws from the whole catalog.
     """
     _check_objective(objective, beta=beta, gamma=gamma)
@@ -148,9 +147,6 @@ def validate_objective_config(objective: str, n_negatives: int, k: int, strategy
         raise ValueError(f"rodpo.dpo.negative_strategy={strategy!r}: expected one of {NEGATIVE_STRATEGIES}.")
     if n_negatives < 1:
         raise ValueError(f"rodpo.dpo.n_negatives={n_negatives}: need at least one loser per row.")
-    if objective == "dpo" and n_negatives != 1:
-        raise ValueError(f"rodpo.dpo.n_negatives={n_negatives} with rodpo.dpo.objective='dpo': DPO is pairwise; "
-                         "set rodpo.dpo.n_negatives=1, or rodpo.dpo.objective=sdpo for several losers.")
     if strategy in _POOLED_STRATEGIES:
         pool_size = 1 if strategy == "argmax" else k
         if pool_size < 1:

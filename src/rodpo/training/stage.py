@@ -32,7 +32,7 @@ from rodpo.scoring import chunked_cross_entropy
 from rodpo.sequences import SequenceData, trim_to_longest
 from rodpo.training.checkpoints import BEST_WEIGHTS
 from rodpo.training.config import VALID_KS, TrainConfig
-from rodpo.training.dpo import frozen_reference, implicit_reward_stats, sample_negatives
+from rodpo.training.dpo import frozen_reference, implicit_reward_stats, pool_exclusions, sample_negatives
 from rodpo.training.objectives import preference_loss
 
 logger = logging.getLogger("rodpo.training")
@@ -237,10 +237,7 @@ class Stage:
     def _preference_losses(self, items, is_target, target_states, table, positive_item, rows, inputs, input_times):
         """Per-target preference losses (N,) and their diagnostics (sums over targets)."""
         dpo = self.config.dpo
-        exclude_ids = None
-        if dpo.exclude_history:
-            sequence_of_target = torch.arange(items.shape[0], device=items.device)[:, None].expand_as(is_target)
-            exclude_ids = items[sequence_of_target[is_target]]  # (N, L + 1): the window's items
+        exclude_ids = pool_exclusions(items, is_target, dpo.exclude_from_pool)  # (N, L + 1) or None
         sampled_negative = sample_negatives(target_states, table, positive_item, dpo.negative_strategy, dpo.k,
                                             self.sample_generator, exclude_ids=exclude_ids,
                                             n_negatives=dpo.n_negatives,

@@ -2,8 +2,10 @@
 
 `train` runs a stage (stage.py: losses, epochs) with early stopping on valid NDCG@10
 (`valid_metric`), where a value >= the best so far counts as a new best (RecBole's rule: on a
-plateau the later model wins); patience counts evaluations. Each epoch is checkpointed, so an
-interrupted run resumes where it stopped and a finished run is reused.
+plateau the later model wins); patience counts evaluations. In stage 2 the warm-up model itself is
+epoch 0 and a candidate: if no epoch beats it, the stage returns (and saves as best) its weights.
+Each epoch is checkpointed, so an interrupted run resumes where it stopped and a finished run is
+reused.
 
 Distributed (torch.distributed, DDP): `world_size=N` starts N local ranks from here (this process
 is rank 0); under torchrun the ranks are torchrun's. Every rank trains its share of each global
@@ -63,6 +65,16 @@ def _log_epoch(entry: dict[str, Any]) -> None:
     logger.info("%s epoch %d: %s", entry["stage"], entry["epoch"], text)
 
 
+def _count_epoch_zero(best: dict[str, Any], history: list[dict[str, Any]], valid_metric: str) -> None:
+    """Make the warm-up (stage 2's epoch 0) the best when it scores above every stage-2 epoch: a
+    no-op for runs that counted it from the start, the fix for runs saved before they did."""
+    key = f"valid_{valid_metric}"
+    start = next((entry for entry in history if entry.get("epoch") == 0 and key in entry), None)
+    if start is not None and best["epoch"] > 0 and start[key] > best["metric"]:
+        evaluated = sum(1 for entry in history if entry.get("epoch", 0) >= 1 and key in entry)
+        best.update(metric=start[key], epoch=0, evals_since=evaluated)
+
+
 def train(model: nn.Module, data: SequenceData, config: TrainConfig, reference_model: nn.Module | None = None,
           pair_monitor: PairMonitor | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Train one stage and return (best model on validation, in eval mode; per-epoch history).
@@ -100,22 +112,32 @@ def train_on_rank(context: DistributedContext, model: nn.Module, data: SequenceD
 
     history: list[dict[str, Any]] = []
     best = {"metric": -math.inf, "epoch": 0, "weights": None, "evals_since": 0}
+    # Stage 2's epoch 0 is the warm-up itself, a candidate like any epoch: stage 2 never returns a
+    # model that is worse on validation than the one it started from.
+    start_weights = weights_copy(policy) if stage.is_dpo else None
     start_epoch = 1
     state = checkpoint.load_state() if checkpoint else None
     if state is not None:
         history, best_info = list(state["history"]), state["best"]
+        best.update(metric=best_info["metric"], epoch=best_info["epoch"], evals_since=best_info["evals_since"])
+        if stage.is_dpo:
+            _count_epoch_zero(best, history, valid_metric)
         finished = checkpoint.is_done() and (state["stopped_early"] or state["epoch"] >= config.epochs)
         if finished:
             logger.info("%s: finished run found in %s (best epoch %d), not training again.",
-                        config.stage, run_dir, best_info["epoch"])
-            checkpoint.load_weights(policy, "best")
+                        config.stage, run_dir, best["epoch"])
+            if stage.is_dpo and best["epoch"] == 0:
+                policy.load_state_dict(start_weights)
+            else:
+                checkpoint.load_weights(policy, "best")
             return policy.eval(), history
         checkpoint.load_weights(policy, "last")
         stage.optimizer.load_state_dict(state["optimizer"])
         stage.set_rng_state(state["rng"])
-        best.update(metric=best_info["metric"], epoch=best_info["epoch"], evals_since=best_info["evals_since"])
-        if best_info["epoch"] > 0:
+        if best["epoch"] > 0:
             best["weights"] = checkpoint.read_weights("best")
+        elif stage.is_dpo:
+            best["weights"] = start_weights
         start_epoch = state["epoch"] + 1
         logger.info("%s: resuming %s from epoch %d.", config.stage, run_dir, start_epoch)
 
@@ -123,6 +145,7 @@ def train_on_rank(context: DistributedContext, model: nn.Module, data: SequenceD
         entry = {"stage": config.stage, "epoch": 0, **{f"valid_{k}": v for k, v in stage.validate().items()}}
         history.append(entry)
         _log_epoch(entry)
+        best.update(metric=entry[f"valid_{valid_metric}"], epoch=0, weights=start_weights, evals_since=0)
 
     stopped_early = False
     epoch = start_epoch - 1
@@ -162,8 +185,11 @@ def train_on_rank(context: DistributedContext, model: nn.Module, data: SequenceD
 
     if best["weights"] is not None:
         policy.load_state_dict(best["weights"])
+    if stage.is_dpo and best["epoch"] == 0 and context.is_writer:
+        logger.info("%s: no epoch beat the warm-up on valid %s (%.4f): returning the warm-up's weights (best epoch 0).",
+                    config.stage, valid_metric, best["metric"])
     if writer:
-        if best["weights"] is None:  # zero epochs trained: the starting model is the result
+        if best["weights"] is None or best["epoch"] == 0:  # the starting model is the result
             writer.save_best(policy)
         writer.mark_done({"best_epoch": best["epoch"], "best_metric": best["metric"], "epochs_run": epoch,
                           "stopped_early": stopped_early, "world_size": context.world_size})

@@ -1,6 +1,6 @@
 """``experiments_quick`` end to end on a small demo dataset through KedroSession.
 
-The real quick preset (its three studies, 2 seeds: 4 warm-ups and 14 DPO runs) with a tiny model,
+The real quick preset (its three studies, 2 seeds: 4 warm-ups and 20 DPO runs) with a tiny model,
 300 demo users and one epoch per stage; one run is shared by the module's tests. Every study writes
 its versioned results json, markdown table and figures; the json holds per-seed metrics, mean / std
 and paired tests; runs shared between studies are trained once.
@@ -83,11 +83,11 @@ def test_shared_runs_are_trained_once(quick_study):
     _, log = quick_study
     warmups = [m for m in log if m.startswith("warmup epoch 1:")]
     dpo_runs = [m for m in log if m.startswith("dpo epoch 1:")]
-    # 2 architectures (sparse MoE, MLP) x 2 seeds; 8 DPO settings (rodpo = Top-K = K=50 = beta=1.0,
+    # 2 architectures (sparse MoE, MLP) x 2 seeds; 10 DPO settings (rodpo = Top-K = K=50 = beta=1.0,
     # random, argmax, MLP, lambda=0 = the control of every sparse-MoE row, K=10, beta=0.5, the MLP's
-    # lambda=0 control) x 2 seeds
+    # lambda=0 control, the continued warm-up of each architecture) x 2 seeds
     assert len(warmups) == 4
-    assert len(dpo_runs) == 16
+    assert len(dpo_runs) == 20
 
 
 def test_the_study_run_is_tracked_with_curves_final_metrics_and_reports(quick_study, mlflow_tracking_store):
@@ -124,14 +124,15 @@ def test_the_objectives_study_reports_each_variant_against_its_warmup_and_lambda
     reports = project / "data/08_reporting/demo/objectives_quick"
     results = json.loads(_latest(reports / "objectives.json").read_text())
     assert [row["label"] for row in results["rows"]] == [
-        "DPO, top-K uniform (RoDPO)", "DPO, argmax", "DPO, random", "S-DPO (M = 2), top-K uniform",
-        "SimPO (γ = 0.5), top-K uniform", "BPR, top-K uniform"]
+        "DPO, top-K uniform (RoDPO)", "DPO, argmax", "DPO, random", "DPO, M = 2, top-K uniform",
+        "S-DPO (M = 2), top-K uniform", "SimPO (γ = 0.5), top-K uniform", "BPR, top-K uniform"]
     assert results["metrics"] == ["ndcg@5", "mrr@5", "ndcg@5:masked", "mrr@5:masked"]
-    assert {row["control"] for row in results["rows"]} == {"rodpo_lambda_dpo0p0"}
-    controlled = {t["b"] for t in results["tests"] if t["kind"] == "vs_control" and t["a"] == "rodpo_lambda_dpo0p0"}
+    assert {row["control"] for row in results["rows"]} == {"control_lambda0"}
+    controlled = {t["b"] for t in results["tests"] if t["kind"] == "vs_control" and t["a"] == "control_lambda0"}
     assert controlled == {row["setting"] for row in results["rows"]}
-    for setting in results["settings"].values():  # how every run trained, per seed
+    for setting in results["settings"].values():  # how every run trained, per seed (the continued warm-up too)
         assert set(setting["training"]) == {"2020", "2021", "2022"}
+    assert "control_continued_warmup" in results["settings"] and "rodpo_n_negatives2" in results["settings"]
     for test in results["tests"]:  # 3 seeds: every comparison has its seed-level test, adjusted over the report
         assert 0 < test["p_seed"] <= 1 and 0 < test["p_holm"] <= 1 and 0 < test["q_bh"] <= 1
         assert test["p_holm"] >= test["p_seed"] and test["q_bh"] >= test["p_seed"] - 1e-12
@@ -140,9 +141,9 @@ def test_the_objectives_study_reports_each_variant_against_its_warmup_and_lambda
     assert (primary["a"], primary["metric"]) == ("warmup", "ndcg@5") and primary["verdict"]
     assert results["settings"]["rodpo_objective_bpr"]["training"]["2020"]["score_margin"] is not None
     table = (reports / "objectives.md").read_text()
-    assert "| NDCG@5 (masked) |" in table and "| _λ = 0 control_ |" in table  # shown for context
+    assert "| NDCG@5 (masked) |" in table and "| _λ = 0 control (CE, no dropout)_ |" in table  # shown for context
     assert "### Training" in table and "| S-DPO (M = 2), top-K uniform |" in table
-    # the runs of seeds 2020-2021 shared with experiments_quick (warm-up, RoDPO, argmax, random, λ = 0) were
-    # not retrained: one new warm-up (seed 2022), S-DPO, SimPO, BPR x 2 seeds and all 7 stage-2 runs of 2022
+    # the runs of seeds 2020-2021 shared with experiments_quick (warm-up, RoDPO, argmax, random, both controls)
+    # were not retrained: DPO M = 2, S-DPO, SimPO, BPR x 2 seeds, then seed 2022's warm-up and its 9 stage-2 runs
     assert len([m for m in log if m.startswith("warmup epoch 1:")]) == 1
-    assert len([m for m in log if m.startswith("dpo epoch 1:")]) == 3 * 2 + 7
+    assert len([m for m in log if m.startswith("dpo epoch 1:")]) == 4 * 2 + 9

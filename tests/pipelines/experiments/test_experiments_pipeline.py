@@ -34,12 +34,13 @@ def test_full_preset_trains_one_warmup_per_architecture_and_seed(parameters):
     dpo = _by_suffix(pipe, "train_rodpo_model")
     # 2 architectures (sparse MoE, MLP) x 3 seeds
     assert len(warmups) == 2 * 3
-    # 12 distinct DPO settings x 3 seeds: RoDPO (= Top-K = K=50 = beta=1.0), random, argmax,
+    # 14 distinct DPO settings x 3 seeds: RoDPO (= Top-K = K=50 = beta=1.0), random, argmax,
     # w/o Sparse MoE, lambda = 0 (the control of every sparse-MoE row), K in {10, 20, 100},
-    # beta in {0.1, 0.5, 2.0}, and the lambda = 0 control of w/o Sparse MoE
-    assert len(dpo) == 12 * 3
+    # beta in {0.1, 0.5, 2.0}, the lambda = 0 control of w/o Sparse MoE, and the continued warm-up
+    # of each warm-up
+    assert len(dpo) == 14 * 3
     # every run is evaluated once; two nodes per study (results, then reports)
-    assert len(_by_suffix(pipe, "evaluate_recommender")) == 42
+    assert len(_by_suffix(pipe, "evaluate_recommender")) == 48
     assert len(_by_suffix(pipe, "summarise_study")) == len(_by_suffix(pipe, "report_study")) == 3
     assert {n.func for n in warmups} == {train_warmup_model}
     assert {n.func for n in dpo} == {train_rodpo_model}
@@ -50,13 +51,14 @@ def test_dpo_runs_start_from_the_warmup_of_their_architecture_and_seed(parameter
     pipe = experiments_pipeline(plan_from_parameters(parameters, "experiments"), "experiments")
     dpo = {n.namespace: n for n in _by_suffix(pipe, "train_rodpo_model")}
     assert dpo["experiments.runs.rodpo_k10_s2021"].inputs[0] == "experiments.runs.warmup_s2021.model"
-    assert dpo["experiments.runs.rodpo_lambda_dpo0p0_s2020"].inputs[0] == "experiments.runs.warmup_s2020.model"
+    assert dpo["experiments.runs.control_lambda0_s2020"].inputs[0] == "experiments.runs.warmup_s2020.model"
     assert (dpo["experiments.runs.rodpo_moe_mode_mlp_s2022"].inputs[0]
             == "experiments.runs.warmup_moe_mode_mlp_s2022.model")
     warmup_inputs = {n.inputs[0] for n in dpo.values()}
-    assert len(warmup_inputs) == 2 * 3  # 36 DPO runs read 6 warm-up models
-    assert (dpo["experiments.runs.rodpo_moe_mode_mlp_lambda_dpo0p0_s2020"].inputs[0]
-            == "experiments.runs.warmup_moe_mode_mlp_s2020.model")  # a control starts from its row's warm-up
+    assert len(warmup_inputs) == 2 * 3  # 42 DPO runs read 6 warm-up models
+    for control in ("control_lambda0_moe_mode_mlp", "control_continued_warmup_moe_mode_mlp"):
+        assert (dpo[f"experiments.runs.{control}_s2020"].inputs[0]
+                == "experiments.runs.warmup_moe_mode_mlp_s2020.model")  # a control starts from its row's warm-up
     # the only free inputs are the shared data and parameters: nothing is trained twice
     assert {name for name in pipe.inputs() if not name.startswith("params:")} == {
         "sequence_splits", "item_id_map", "item_text_features", "item_image_features", "item_image_mask",
@@ -66,7 +68,7 @@ def test_dpo_runs_start_from_the_warmup_of_their_architecture_and_seed(parameter
 def test_quick_preset_is_smaller_and_registered_outside_the_default(parameters):
     quick = experiments_pipeline(plan_from_parameters(parameters, "experiments_quick"), "experiments_quick")
     assert len(_by_suffix(quick, "train_warmup_model")) == 2 * 2
-    assert len(_by_suffix(quick, "train_rodpo_model")) == 8 * 2  # 7 settings + the MLP's λ = 0 control
+    assert len(_by_suffix(quick, "train_rodpo_model")) == 10 * 2  # 7 settings + the MLP's λ = 0 control + 2 continued
     assert all(n.name.startswith("experiments_quick.") for n in quick.nodes)
     bootstrap_project(REPO_ROOT)
     assert {"experiments", "experiments_quick", "objectives", "objectives_quick"} <= set(pipelines)
@@ -82,8 +84,13 @@ def test_objectives_preset_crosses_the_objectives_with_the_negative_pools(parame
                   for row in study.rows}
     assert objectives == {(o, s) for o in ("dpo", "simpo", "bpr") for s in ("topk_uniform", "argmax", "random")} | {
         ("sdpo", "topk_uniform"), ("sdpo", "random")}  # argmax has a pool of one: S-DPO would be DPO
-    assert {row.control for row in study.rows} == {"rodpo_lambda_dpo0p0"} and len(plan.seeds) == 3
-    assert len([s for s in plan.settings.values() if s.stage == "dpo"]) == 11 + 1
+    assert {row.control for row in study.rows} == {"control_lambda0"} and len(plan.seeds) == 3
+    assert {row.controls["continued_warmup"] for row in study.rows} == {"control_continued_warmup"}
+    # S-DPO vs DPO over the same 4 losers: the softmax form alone
+    by_label = {row.label: row for row in study.rows}
+    assert by_label["S-DPO (M = 4), top-K uniform"].controls["dpo_same_losers"] == by_label[
+        "DPO, M = 4, top-K uniform"].setting == "rodpo_n_negatives4"
+    assert len([s for s in plan.settings.values() if s.stage == "dpo"]) == 12 + 2  # 12 rows + 2 controls
 
 
 def test_run_time_parameters_that_change_the_runs_stop_the_plan_node(parameters):
