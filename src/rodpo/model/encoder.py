@@ -115,7 +115,9 @@ class RoDPOModel(nn.Module):
         self.config = config
         d = config.hidden_size
         self.modalities = config.modalities
-        self.item_embedding = nn.Embedding(config.n_items + 1, d, padding_idx=0)
+        # Only the modalities in the config get parameters: no ID table in a text-only model, no
+        # image projection, weight or missing-image vector without images (no dead branch).
+        self.item_embedding = nn.Embedding(config.n_items + 1, d, padding_idx=0) if "id" in self.modalities else None
         feature_dims = {"text": config.text_dim, "image": config.image_dim}
         self.projections = nn.ModuleDict(
             {m: nn.Linear(feature_dims[m], d, bias=False) for m in FEATURE_MODALITIES if m in self.modalities}
@@ -167,7 +169,7 @@ class RoDPOModel(nn.Module):
         Arrays or tensors; `image_mask` (I+1,) bool, False = no usable image (defaults to all True
         except row 0). Features of modalities the config does not use are ignored.
         """
-        device = self.item_embedding.weight.device
+        device = next(self.parameters()).device
         n_rows = self.config.n_items + 1
         for name, values, dim in (("text", text, self.config.text_dim), ("image", image, self.config.image_dim)):
             if name not in self.modalities:

@@ -30,7 +30,8 @@ def available_modalities(
     image: np.ndarray | None,
     image_mask: np.ndarray | None,
 ) -> tuple[str, ...]:
-    """The requested modalities that the extracted features can actually serve."""
+    """The requested modalities that the extracted features can actually serve, in the requested
+    order with "id" first. "id" is used only when asked for (without it: the text-only ablation)."""
     usable = {
         "id": True,
         "text": text is not None and text.ndim == 2 and text.shape[1] > 0,
@@ -41,9 +42,17 @@ def available_modalities(
     if unknown:
         raise ValueError(f"model.modalities has unknown entries {sorted(unknown)}; use id, text, image.")
     dropped = [m for m in requested if not usable[m]]
+    kept = (["id"] if "id" in requested else []) + [m for m in requested if m != "id" and usable[m]]
+    if not kept:
+        raise ValueError(
+            f"model.modalities={list(requested)}: no features for {dropped or 'any modality'} (their matrices are "
+            "(n_items + 1, 0): disabled or not extracted), so the model would have no input. Add id to "
+            "model.modalities (conf/local/parameters_warmup.yml; --params='model.modalities=[id]' for ID only), "
+            "or enable that modality's feature_extraction for this dataset and rerun it."
+        )
     if dropped:
         logger.warning("Modalities %s requested but no features for them: training without.", dropped)
-    return tuple(["id"] + [m for m in requested if m != "id" and usable[m]])
+    return tuple(kept)
 
 
 def build_model(

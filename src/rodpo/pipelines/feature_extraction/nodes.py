@@ -25,8 +25,9 @@ from rodpo.distributed import DEFAULT_TIMEOUT_S
 from rodpo.features.clip import MANIFEST_COUNTS as IMAGE_MANIFEST_COUNTS
 from rodpo.features.clip import build_random_clip_checkpoint, extract_image_features
 from rodpo.features.sharding import extract_on_ranks
+from rodpo.features.templates import DEFAULT_TEMPLATE, check_template, empty_fields, has_value, without_fields
 from rodpo.features.text import MANIFEST_COUNTS as TEXT_MANIFEST_COUNTS
-from rodpo.features.text import check_template, extract_text_features
+from rodpo.features.text import extract_text_features
 from rodpo.lineage import ITEM_CATALOG, catalog_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ RANDOM_CHECKPOINT = "demo-random"
 
 
 def extract_item_text_features(
-    items: pl.DataFrame, dataset_spec: dict, feature_extraction: dict
+    items: pl.DataFrame, dataset_spec: dict, feature_extraction: dict, dataset: str
 ) -> tuple[np.ndarray, dict]:
     """(n_items + 1, d_text) float32, row i = item id i, row 0 zeros; plus a manifest part."""
     options = _options(feature_extraction, dataset_spec, "text")
@@ -43,7 +44,40 @@ def extract_item_text_features(
         return _absent(items), {"text_encoder": None, "text_skipped": "disabled"}
     if "template" in options:  # --params=...template={title} arrives as a dict: say how to quote it
         check_template(options["template"], _option_parameter(dataset_spec, "text", "template"))
+    check_text_source(items, options.get("template", DEFAULT_TEMPLATE), dataset, dataset_spec)
     return _extract_on_ranks(extract_text_features, items, options, feature_extraction, "text", TEXT_MANIFEST_COUNTS)
+
+
+def check_text_source(items: pl.DataFrame, template: str, dataset: str, dataset_spec: dict) -> None:
+    """Refuse text features the data cannot give: no item metadata at all (e.g. a RecBole preset
+    without its `.item` file), or a template field that no item has (a field the source lacks),
+    which would otherwise encode the same "" or the same label for every item without a word."""
+    off = (f"or turn text off for this preset: datasets.{dataset}.features.text.enabled: false "
+           "(or --params=feature_extraction.text.enabled=false)")
+    text_columns = ("title", "description", "brand", "categories")
+    if not any(has_value(value) for column in text_columns for value in items[column].to_list()):
+        where, add = "its item metadata file", "Fix the metadata download"
+        if dataset_spec.get("source") == "recbole":
+            where = f"{dataset_spec.get('base_url')}/{dataset_spec.get('category')}.item"
+            add = "Add that file (item_id:token, title:token_seq, brand:token, categories:token_seq)"
+        raise ValueError(
+            f"dataset {dataset!r}: text features are enabled, but no item has any text "
+            f"({', '.join(text_columns)} all empty): {where} is missing or holds none of these columns. "
+            f"{add}, {off}."
+        )
+    missing = empty_fields(items, template)
+    if missing:
+        preset_template = f"datasets.{dataset}.features.text.template"
+        source = "feature_extraction.text.template"
+        if "template" in ((dataset_spec.get("features") or {}).get("text") or {}):
+            source = preset_template
+        fixed = without_fields(template, set(missing))
+        fix = f"e.g. {preset_template}: {fixed!r}" if fixed else f"set {preset_template} to fields the items have"
+        raise ValueError(
+            f"dataset {dataset!r}: the text template {template!r} (from {source}) names "
+            f"{', '.join('{' + name + '}' for name in missing)}, but no item of this dataset has a value "
+            f"there: the source lacks that field. Drop it from this preset's template ({fix}), {off}."
+        )
 
 
 def extract_item_image_features(

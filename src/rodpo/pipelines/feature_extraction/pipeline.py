@@ -8,7 +8,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 nodes.extract_item_text_features,
-                inputs=["items", "params:dataset_spec", "params:feature_extraction"],
+                inputs=["items", "params:dataset_spec", "params:feature_extraction", "params:dataset"],
                 outputs=["item_text_features", "text_feature_manifest"],
                 name="extract_item_text_features",
             ),
