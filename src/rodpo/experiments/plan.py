@@ -122,7 +122,8 @@ class ExperimentPlan:
                 base = {k: v for k, v in self.base_overrides.items() if k.split(".")[0] in sections}
                 seed_path = f"{'warmup' if stage == 'warmup' else 'rodpo'}.seed"
                 for seed in self.seeds:
-                    runs[setting.run(seed)] = {**base, **setting.overrides, seed_path: seed}
+                    if any(seed in study.seeds and setting.name in study.settings() for study in self.studies.values()):
+                        runs[setting.run(seed)] = {**base, **setting.overrides, seed_path: seed}
         return runs
 
     def warmup_run(self, run: str) -> str:
@@ -325,6 +326,17 @@ def _study_rows(name: str, study: Mapping[str, Any]) -> tuple[str, list[dict[str
     return "sweeps", entries
 
 
+def _study_seeds(name: str, study: Mapping[str, Any], seeds: tuple[int, ...]) -> tuple[int, ...]:
+    """A study's own `seeds` (default: the preset's), narrowed to the preset's: the preset's `seeds` are
+    what this run trains (a per-process environment may list one), a study's are what it reports."""
+    own = study.get("seeds")
+    if own is None:
+        return seeds
+    if not own or len(set(own)) != len(own) or not all(isinstance(s, int) and not isinstance(s, bool) for s in own):
+        raise ValueError(f"experiments.studies.{name}.seeds: expected a list of distinct integers, got {own!r}.")
+    return tuple(seed for seed in seeds if seed in own)
+
+
 def plan_experiments(design: Mapping[str, Any], base: Mapping[str, Any]) -> ExperimentPlan:
     """Expand a preset (``seeds``, ``overrides``, ``studies``) over the base parameter sections.
 
@@ -398,6 +410,9 @@ def plan_experiments(design: Mapping[str, Any], base: Mapping[str, Any]) -> Expe
     reference_controls = add_controls({}, "base parameters")
     planned = {}
     for name, study in studies.items():
+        study_seeds = _study_seeds(name, study, seeds)
+        if not study_seeds:  # e.g. a per-seed process whose seed this study does not report
+            continue
         kind, entries = _study_rows(name, study)
         where = f"experiments.studies.{name}"
         variants = [add_variant(entry["overrides"], entry["warmup_only"], where) for entry in entries]
@@ -409,9 +424,12 @@ def plan_experiments(design: Mapping[str, Any], base: Mapping[str, Any]) -> Expe
                             sweep=entry.get("sweep"), value=entry.get("value"), control=controls.get(LAMBDA_ZERO),
                             controls={**controls, **row_named}))
         planned[name] = Study(name=name, title=str(study.get("title", name)), kind=kind, rows=tuple(rows),
-                              seeds=seeds, reference=reference, reference_warmup=reference_warmup,
+                              seeds=study_seeds, reference=reference, reference_warmup=reference_warmup,
                               reference_control=reference_controls.get(LAMBDA_ZERO),
                               reference_controls=reference_controls)
         planned[name] = dataclasses.replace(planned[name], differences={
             setting: settings[setting].difference for setting in planned[name].settings()})
+    if not planned:
+        raise ValueError(f"experiments.seeds={list(seeds)}: no study reports any of these seeds (see the studies' "
+                         "own `seeds:`).")
     return ExperimentPlan(seeds=seeds, settings=settings, studies=planned, base_overrides=preset_overrides)

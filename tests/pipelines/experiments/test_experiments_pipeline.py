@@ -84,13 +84,33 @@ def test_objectives_preset_crosses_the_objectives_with_the_negative_pools(parame
                   for row in study.rows}
     assert objectives == {(o, s) for o in ("dpo", "simpo", "bpr") for s in ("topk_uniform", "argmax", "random")} | {
         ("sdpo", "topk_uniform"), ("sdpo", "random")}  # argmax has a pool of one: S-DPO would be DPO
-    assert {row.control for row in study.rows} == {"control_lambda0"} and len(plan.seeds) == 3
+    assert {row.control for row in study.rows} == {"control_lambda0"} and study.seeds == (2020, 2021, 2022)
     assert {row.controls["continued_warmup"] for row in study.rows} == {"control_continued_warmup"}
     # S-DPO vs DPO over the same 4 losers: the softmax form alone
     by_label = {row.label: row for row in study.rows}
     assert by_label["S-DPO (M = 4), top-K uniform"].controls["dpo_same_losers"] == by_label[
         "DPO, M = 4, top-K uniform"].setting == "rodpo_n_negatives4"
     assert len([s for s in plan.settings.values() if s.stage == "dpo"]) == 12 + 2  # 12 rows + 2 controls
+
+
+def test_the_verdict_rows_run_on_eight_seeds_and_the_rest_of_the_grid_on_three(parameters):
+    plan = plan_from_parameters(parameters, "objectives")
+    verdict = plan.studies["verdict"]
+    assert verdict.seeds == tuple(range(2020, 2028)) and plan.seeds == verdict.seeds
+    runs = plan.runs()
+    needed = {"warmup", "rodpo", "rodpo_negative_strategy_argmax", "rodpo_negative_strategy_random",
+              "rodpo_n_negatives4", "rodpo_n_negatives4_objective_sdpo", "control_lambda0", "control_continued_warmup"}
+    assert set(verdict.settings()) == needed
+    for setting in plan.settings:
+        seeds = {int(run.rpartition("_s")[2]) for run in runs if run.rpartition("_s")[0] == setting}
+        assert seeds == (set(range(2020, 2028)) if setting in needed else {2020, 2021, 2022}), setting
+    (primary,) = parameters["objectives"]["primary"]
+    assert primary == {"study": "verdict", "row": "S-DPO (M = 4), top-K uniform", "versus": "warmup",
+                       "metric": "ndcg@5"}
+    # a per-process environment that trains one seed plans only that seed's runs, of the studies reporting it
+    one = plan_from_parameters({**parameters, "objectives": {**parameters["objectives"], "seeds": [2025]}},
+                               "objectives")
+    assert set(one.studies) == {"verdict"} and {run.rpartition("_s")[2] for run in one.runs()} == {"2025"}
 
 
 def test_run_time_parameters_that_change_the_runs_stop_the_plan_node(parameters):
@@ -124,7 +144,8 @@ def test_catalog_places_run_and_study_outputs_by_preset_and_dataset():
 
 
 def test_an_unknown_primary_comparison_stops_the_pipeline_before_anything_trains(parameters):
-    design = {**parameters["objectives"], "primary": [{"row": "No such row", "versus": "warmup", "metric": "ndcg@5"}]}
+    design = {**parameters["objectives"], "primary": [{"study": "verdict", "row": "No such row", "versus": "warmup",
+                                                       "metric": "ndcg@5"}]}
     with pytest.raises(ValueError, match=r"objectives\.primary\[0\]: row 'No such row' is not a row"):
         plan_from_parameters({**parameters, "objectives": design}, "objectives")
     design = {**parameters["experiments"], "primary": [{"row": "Random Sampling", "versus": "warmup",
