@@ -40,11 +40,15 @@ def read_record(copy: Path) -> dict | None:
 def write_record(copy: Path, source: str, source_state: dict) -> dict:
     """Record that ``copy`` (complete, verified) was taken from ``source`` in ``source_state``."""
     record = {"source": source, "source_state": source_state, "copy": {**file_state(copy), "sha256": sha256(copy)}}
+    _save(copy, record)
+    return record
+
+
+def _save(copy: Path, record: dict) -> None:
     target = record_path(copy)
     temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     temporary.write_text(json.dumps(record, indent=1, sort_keys=True))
     os.replace(temporary, target)
-    return record
 
 
 def forget(copy: Path) -> None:
@@ -85,7 +89,7 @@ def local_source_change(source: Path, copy: Path, record: dict) -> str | None:
         return f"its size changed ({recorded.get('size')} -> {state['size']} bytes)"
     if sha256(source) != record.get("copy", {}).get("sha256"):
         return "its content changed"
-    write_record(copy, record["source"], state)  # same bytes: remember the new time, skip the hash next run
+    _save(copy, {**record, "source_state": state})  # same bytes: remember the new time, skip the hash next run
     return None
 
 
