@@ -58,7 +58,7 @@ def _started_run(project: Path) -> tuple[TransactionalRunHook, DataCatalog, dict
     catalog = DataCatalog({"report": TextDataset(filepath=str(reports / "report.md")),
                            "manifest": JSONDataset(filepath=str(reports / "manifest.json"))})
     pipeline = Pipeline([node(lambda: ("this run", {"rows": 3}), None, ["report", "manifest"], name="write")])
-    hook, run_params = TransactionalRunHook(), {"project_path": str(project), "session_id": "s1"}
+    hook, run_params = TransactionalRunHook(), {"project_path": str(project), "run_id": "2026-01-01T00.00.00.000Z"}
     hook.before_pipeline_run(run_params, pipeline, catalog)
     catalog.save("report", "this run")
     catalog.save("manifest", {"rows": 3})

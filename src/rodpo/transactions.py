@@ -150,7 +150,7 @@ class TransactionalRunHook:
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         journal_dir = Path(run_params.get("project_path") or ".") / JOURNAL_DIR
         roll_back_dead_runs(journal_dir)  # a run killed since this session started
-        run = f"{run_params.get('session_id', 'run')}-{os.getpid()}"
+        run = f"{run_params.get('run_id') or run_params.get('session_id') or 'run'}-{os.getpid()}"
         outputs = set(pipeline.all_outputs())
         folders = version_folders(catalog, outputs)
         self._staged = stage_unversioned_outputs(catalog, outputs, run)
