@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rodpo.config import MergedParametersConfigLoader
+from rodpo.config import MergedParametersConfigLoader, UnknownDatasetError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KEDRO = Path(sys.executable).with_name("kedro")
@@ -64,6 +64,25 @@ def test_another_environment_and_runtime_params_win_in_that_order(kedro_project)
     runtime = {"dataset": "beauty", "dataset_spec": {"base_url": "/cli"}}
     assert loader(kedro_project, env="mirror", runtime_params=runtime)["parameters"]["dataset_spec"][
         "base_url"] == "/cli"
+
+
+@pytest.mark.parametrize("own_preset", [False, True])
+def test_an_unknown_dataset_lists_the_presets(kedro_project, own_preset):
+    if own_preset:  # the presets of conf/local are listed too
+        (kedro_project / "conf/local/parameters.yml").write_text("datasets:\n  mydata: {source: recbole}\n")
+    with pytest.raises(UnknownDatasetError, match=r"dataset='nonexistent' is not a dataset preset") as info:
+        loader(kedro_project, runtime_params={"dataset": "nonexistent"})["parameters"]
+    presets = str(info.value).split("the presets are: ")[1].split(".")[0].split(", ")
+    assert presets == sorted(["demo", "toys", "beauty", "home", "toys2018", "beauty2023", "amazon-beauty",
+                              *(["mydata"] if own_preset else [])])
+
+
+def test_kedro_run_on_an_unknown_dataset_names_the_presets(kedro_project):
+    result = _kedro_run(kedro_project, "--pipelines=data_download", "--params=dataset=nonexistent")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "dataset='nonexistent' is not a dataset preset; the presets are: amazon-beauty, beauty" in output
+    assert "InterpolationKeyError" not in output
 
 
 def _newest(versioned: Path) -> Path:

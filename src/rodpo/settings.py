@@ -6,7 +6,8 @@ can add a dataset preset or change one field of a base preset without copying th
 
 Experiment tracking: kedro-mlflow's hook, as ``rodpo.hooks.TrackingHook`` (the project's store
 location, dataclass parameters logged field by field), replaces the instance the plugin registers
-by itself. ``TransactionalRunHook`` removes the dataset versions of a failed or killed run.
+by itself. ``TransactionalRunHook`` removes the dataset versions of a failed or killed run (a killed
+one's when the next session starts) and moves unversioned outputs into place only when a run finishes.
 """
 
 import warnings

@@ -1,8 +1,10 @@
-"""download_file against a real local HTTP server whose misbehaviour the test controls."""
+"""download_file against a real local HTTP server whose misbehaviour the test controls, and the
+records that make a copy be fetched again when its source changes."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import random
 import re
 import threading
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from rodpo.data import provenance
 from rodpo.data.download import DownloadError, download_file, fetch_dataset_files
 
 PAYLOAD = gzip.compress(random.Random(0).randbytes(60_000), mtime=0)
@@ -25,13 +28,23 @@ class ServerState:
     base_url: str = ""
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     failures_left: dict[str, int] = field(default_factory=dict)
+    heads: list[str] = field(default_factory=list)
+    new_versions: dict[str, bytes] = field(default_factory=dict)  # name -> body served as ETag "v2"
+    refuse_head: set[str] = field(default_factory=set)
+
+    def body_and_etag(self, name: str) -> tuple[bytes, str]:
+        if name in self.new_versions:
+            return self.new_versions[name], '"v2"'
+        return (PAYLOAD[: len(PAYLOAD) // 2] if name == "truncated.gz" else PAYLOAD), '"v1"'
 
 
 class _Handler(BaseHTTPRequestHandler):
     """Routes by file name: data.gz (Range-capable), cut.gz (drops the connection once after
     CUT_AFTER bytes), flaky.gz (503 once), missing.gz (404), page.gz (HTML, text/html),
     sneaky.gz (HTML body under a binary Content-Type), truncated.gz (half a gzip, served whole),
-    down.gz (503 always), stalls.gz (CUT_AFTER bytes on the first request, then 503 always)."""
+    down.gz (503 always), stalls.gz (CUT_AFTER bytes on the first request, then 503 always).
+    Files have an ETag ("v1", or "v2" for the names in ``new_versions``), and a Range request
+    whose If-Range is not the current ETag gets the whole file; HEAD answers the headers only."""
 
     def log_message(self, *args) -> None:  # keep test output clean
         pass
@@ -55,13 +68,16 @@ class _Handler(BaseHTTPRequestHandler):
             body = b"<!DOCTYPE html><html><body>Access denied</body></html>"
             self._send(200, body, "text/html" if name == "page.gz" else "application/gzip")
             return
-        body = PAYLOAD[: len(PAYLOAD) // 2] if name == "truncated.gz" else PAYLOAD
+        body, etag = state.body_and_etag(name)
         start = 0
         match = re.fullmatch(r"bytes=(\d+)-", range_header or "")
+        if match and self.headers.get("If-Range", etag) != etag:
+            match = None  # the file changed since the part was fetched: send it whole
         if match:
             start = int(match.group(1))
         self.send_response(206 if match else 200)
         self.send_header("Content-Type", "application/gzip")
+        self.send_header("ETag", etag)
         self.send_header("Content-Length", str(len(body) - start))
         if match:
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
@@ -73,6 +89,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.wfile.write(body[start:])
+
+    def do_HEAD(self) -> None:
+        state: ServerState = self.server.state  # type: ignore[attr-defined]
+        name = self.path.lstrip("/")
+        state.heads.append(name)
+        if name in state.refuse_head:
+            self.send_error(405, "Method Not Allowed")
+            return
+        body, etag = state.body_and_etag(name)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/gzip")
+        self.send_header("ETag", etag)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
 
     def _send(self, code: int, body: bytes, content_type: str) -> None:
         self.send_response(code)
@@ -152,9 +182,9 @@ def test_complete_file_is_not_downloaded_again(server, tmp_path):
     download_file(url, tmp_path / "data.gz", **FAST)
     server.requests.clear()
     download_file(url, tmp_path / "data.gz", **FAST)
-    (tmp_path / "data.gz.verified").unlink()  # force the full gzip check path as well
     download_file(url, tmp_path / "data.gz", **FAST)
     assert server.requests == []
+    assert server.heads == ["data.gz", "data.gz"]  # one HEAD per run asks whether it changed
 
 
 def test_damaged_existing_file_is_replaced(server, tmp_path):
@@ -205,3 +235,80 @@ def test_give_up_after_partial_bytes_names_the_part_file_and_its_size(server, tm
     part = tmp_path / "stalls.gz.part"
     assert part.stat().st_size == CUT_AFTER
     assert f"kept the partial file {part} ({CUT_AFTER} bytes)" in str(info.value)
+
+
+# ------------------------------------------------------------ a changed source is fetched again
+
+NEW_PAYLOAD = gzip.compress(random.Random(1).randbytes(50_000), mtime=0)
+
+
+def test_the_record_names_the_source_the_server_state_and_the_copy(server, tmp_path):
+    url = f"{server.base_url}/data.gz"
+    dest = download_file(url, tmp_path / "data.gz", **FAST)
+    record = provenance.read_record(dest)
+    assert record["source"] == url
+    assert record["source_state"] == {"etag": '"v1"', "size": len(PAYLOAD)}
+    assert record["copy"]["size"] == len(PAYLOAD)
+    assert record["copy"]["sha256"] == hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def test_a_new_etag_on_the_server_is_downloaded_again(server, tmp_path):
+    url = f"{server.base_url}/data.gz"
+    download_file(url, tmp_path / "data.gz", **FAST)
+    server.new_versions["data.gz"] = NEW_PAYLOAD
+    server.requests.clear()
+    dest = download_file(url, tmp_path / "data.gz", **FAST)
+    assert dest.read_bytes() == NEW_PAYLOAD
+    assert server.requests == [("data.gz", None)]
+    assert provenance.read_record(dest)["source_state"]["etag"] == '"v2"'
+
+
+def test_a_changed_base_url_is_fetched_again(server, tmp_path):
+    download_file(f"{server.base_url}/data.gz", tmp_path / "data.gz", **FAST)
+    server.new_versions["mirror/data.gz"] = NEW_PAYLOAD
+    server.requests.clear()
+    dest = download_file(f"{server.base_url}/mirror/data.gz", tmp_path / "data.gz", **FAST)
+    assert dest.read_bytes() == NEW_PAYLOAD
+    assert server.requests == [("mirror/data.gz", None)]
+    assert server.heads == []  # another URL: no need to ask the old one
+
+
+def test_a_server_that_refuses_head_keeps_the_copy_with_a_warning(server, tmp_path, caplog):
+    url = f"{server.base_url}/data.gz"
+    download_file(url, tmp_path / "data.gz", **FAST)
+    server.refuse_head.add("data.gz")
+    server.requests.clear()
+    download_file(url, tmp_path / "data.gz", **FAST)
+    assert server.requests == []
+    assert "could not ask the server whether its file changed" in caplog.text
+
+
+def test_an_edited_copy_is_fetched_again(server, tmp_path):
+    url = f"{server.base_url}/data.gz"
+    dest = download_file(url, tmp_path / "data.gz", **FAST)
+    dest.write_bytes(NEW_PAYLOAD)  # someone "fixed" the copy instead of the source
+    server.requests.clear()
+    assert download_file(url, dest, **FAST).read_bytes() == PAYLOAD
+    assert server.requests == [("data.gz", None)]
+
+
+def test_a_part_of_an_older_server_file_is_not_resumed(server, tmp_path):
+    """The part was fetched while the server had "v1"; it now has "v2": If-Range gets it whole."""
+    url = f"{server.base_url}/data.gz"
+    part = tmp_path / "data.gz.part"
+    part.write_bytes(PAYLOAD[:1000])
+    provenance.record_path(part).write_text(f'{{"source": "{url}", "source_state": {{"etag": "\\"v1\\""}}}}')
+    server.new_versions["data.gz"] = NEW_PAYLOAD
+    dest = download_file(url, tmp_path / "data.gz", **FAST)
+    assert dest.read_bytes() == NEW_PAYLOAD
+    assert server.requests == [("data.gz", "bytes=1000-")]  # asked to resume, got the whole new file
+    assert not provenance.record_path(part).exists()
+
+
+def test_a_part_of_another_url_is_dropped(server, tmp_path):
+    part = tmp_path / "data.gz.part"
+    part.write_bytes(b"x" * 1000)
+    provenance.record_path(part).write_text('{"source": "http://elsewhere/data.gz", "source_state": {}}')
+    dest = download_file(f"{server.base_url}/data.gz", tmp_path / "data.gz", **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.requests == [("data.gz", None)]

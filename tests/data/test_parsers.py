@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from rodpo.data import parsers
+from rodpo.data import parsers, reading
 from rodpo.data.parsers import (
     INTERACTION_SCHEMA,
     ITEM_SCHEMA,
@@ -113,7 +113,7 @@ def test_malformed_line_over_threshold_names_file_and_line(tmp_path):
 
 
 def test_line_numbers_and_order_across_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(parsers, "BLOCK_BYTES", 150)  # several lines per block, many blocks
+    monkeypatch.setattr(reading, "BLOCK_BYTES", 150)  # several lines per block, many blocks
     good = [f'{{"reviewerID": "U{i}", "asin": "I{i % 7}", "unixReviewTime": {1000 - i}}}'
             for i in range(40)]
     lines = good[:29] + ['{"reviewerID": "U", "asin": 5, "unixReviewTime": "x"}'] + good[29:]

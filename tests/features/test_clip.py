@@ -78,3 +78,14 @@ def test_extract_lines_rows_up_with_item_ids(checkpoint, images, tmp_path):
     np.testing.assert_allclose(features[[1, 3]], expected, atol=1e-6)
     assert manifest["items_with_image"] == 2 and manifest["image_failures"] == {"no_url": 1}
     assert manifest["image_dim"] == 64 and manifest["image_checkpoint"] == str(checkpoint)
+
+
+def test_building_the_demo_random_checkpoint_warns_of_nothing(tmp_path, caplog):
+    """open_clip's "initialized randomly" warning is the demo's purpose, not news: it is dropped there only."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        build_random_clip_checkpoint(tmp_path / "quiet.safetensors", DEMO_ARCH, seed=0)
+        load_clip_image_encoder(DEMO_ARCH, pretrained=None)
+        logging.getLogger().warning("No pretrained weights loaded for model 'x'. Model initialized randomly.")
+    assert [record.getMessage()[:38] for record in caplog.records] == ["No pretrained weights loaded for model"]

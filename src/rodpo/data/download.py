@@ -4,7 +4,8 @@ Amazon dumps are several GB behind slow university servers, so a download must s
 connection (HTTP Range resume from the ``.part`` file), transient 5xx answers (bounded exponential
 backoff) and must never leave a truncated or HTML-error file where the parser will read it
 (atomic rename after a gzip integrity check). Local paths and ``file://`` URLs go through the
-same verification, so the demo and RecBole sources share one code path.
+same verification, so the demo and RecBole sources share one code path. Each copy is recorded
+with its source (``rodpo.data.provenance``) and fetched again when that source changes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from tqdm.auto import tqdm
+
+from rodpo.data import provenance
 
 logger = logging.getLogger(__name__)
 
@@ -55,21 +58,25 @@ def download_file(
 ) -> Path:
     """Fetch ``url`` (http(s), ``file://`` or a local path) to ``dest`` and return ``dest``.
 
-    A ``dest`` already verified (or, for non-gzip files, already present) is kept without any
-    request. Gzip files (``.gz`` names) are checked end to end before the atomic rename.
+    ``dest`` is kept when its record says it is an untouched copy of the same, unchanged source
+    (a local file of the same size and time or content; a server file with the same ETag,
+    Last-Modified and size, where the server gives them: one HEAD request). Otherwise it is
+    fetched again. Gzip files (``.gz`` names) are checked end to end before the atomic rename.
     """
     dest = Path(dest)
     check_gzip = verify_gzip and (dest.name.endswith(".gz") or urlparse(url).path.endswith(".gz"))
-    if _is_complete(dest, check_gzip):
-        logger.info("%s: already present, skipping download", dest)
+    source = local_source(url)
+    reason = _reason_to_fetch(url, dest, source, timeout_s)
+    if reason is None:
+        logger.info("%s: the copy of %s is current, not fetched again", dest, url)
         return dest
+    logger.info("%s: fetching %s (%s)", dest, url, reason)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    source = local_source(url)
     if source is not None:
-        _copy_local(source, url, dest, part)
+        source_state = _copy_local(source, url, dest, part)
     else:
-        _download_http(
+        source_state = _download_http(
             url,
             dest,
             part,
@@ -84,14 +91,18 @@ def download_file(
         if problem is not None:
             corrupt = dest.with_name(dest.name + ".corrupt")
             os.replace(part, corrupt)
+            provenance.forget(part)
+            provenance.forget(dest)
+            dest.unlink(missing_ok=True)  # a copy of the source's previous version is no longer current
             raise DownloadError(
                 f"{url}: the downloaded file is truncated or corrupt ({problem}); moved it to "
                 f"{corrupt} and kept nothing at {dest}. Delete it and run again; if it fails "
                 "again the server copy is damaged: use another mirror (base_url)."
             )
+    provenance.forget(dest)
     os.replace(part, dest)
-    if check_gzip:
-        _mark_verified(dest)
+    provenance.forget(part)
+    provenance.write_record(dest, url, source_state)
     logger.info("%s: saved %s (%d bytes)", url, dest, dest.stat().st_size)
     return dest
 
@@ -145,42 +156,61 @@ def gzip_problem(path: Path) -> str | None:
     return None
 
 
-def _is_complete(dest: Path, check_gzip: bool) -> bool:
-    """True when ``dest`` can be used as is; a damaged ``dest`` is moved aside (and logged)."""
+def _reason_to_fetch(url: str, dest: Path, source: Path | None, timeout_s: float) -> str | None:
+    """Why ``dest`` must be fetched (again), or None when it is a current copy of ``url``."""
     if not dest.is_file() or dest.stat().st_size == 0:
-        return False
-    if not check_gzip or _verified_marker_matches(dest):
-        return True
-    problem = gzip_problem(dest)
-    if problem is None:
-        _mark_verified(dest)
-        return True
-    corrupt = dest.with_name(dest.name + ".corrupt")
-    os.replace(dest, corrupt)
-    logger.warning("%s: existing file is damaged (%s); moved it to %s, downloading again",
-                   dest, problem, corrupt)
-    return False
+        return "no copy yet"
+    record = provenance.read_record(dest)
+    if record is None:
+        return "no record of where the copy came from"
+    if record.get("source") != url:
+        return f"it was copied from {record.get('source')!r} (base_url or category changed)"
+    if not provenance.copy_is_untouched(dest, record):
+        return "the copy was modified after it was fetched"
+    if source is not None:
+        if not source.is_file():
+            return f"{source} is gone"  # the copy step names it
+        change = provenance.local_source_change(source, dest, record)
+        return f"{source}: {change}" if change else None
+    state = _server_state(url, timeout_s)
+    if state is None:
+        return None
+    change, compared = provenance.http_source_change(state, record)
+    if not compared:
+        logger.info("%s: the server gives no ETag, Last-Modified or size; cannot tell whether it "
+                    "changed, so the copy %s is kept (delete it to fetch again)", url, dest)
+    return change
 
 
-def _marker(dest: Path) -> Path:
-    return dest.with_name(dest.name + ".verified")
+class _KeepMethodRedirect(urllib.request.HTTPRedirectHandler):
+    """urllib turns a redirected HEAD into a GET (a whole download); keep it a HEAD."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        redirected = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if redirected is not None:
+            redirected.method = req.get_method()
+        return redirected
 
 
-def _file_signature(dest: Path) -> dict[str, int]:
-    stat = dest.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _mark_verified(dest: Path) -> None:
-    """Remember a passed gzip check (size + mtime), so later runs skip the full decompression."""
-    _marker(dest).write_text(json.dumps(_file_signature(dest)))
-
-
-def _verified_marker_matches(dest: Path) -> bool:
+def _server_state(url: str, timeout_s: float) -> dict | None:
+    """ETag, Last-Modified and size of the server's file (one HEAD request); None, with a
+    warning, when the server cannot be asked (offline, HEAD refused): the copy is then kept."""
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT,
+                                                                  "Accept-Encoding": "identity"})
     try:
-        return json.loads(_marker(dest).read_text()) == _file_signature(dest)
-    except (OSError, ValueError):
-        return False
+        with urllib.request.build_opener(_KeepMethodRedirect).open(request, timeout=timeout_s) as response:
+            length = response.headers.get("Content-Length")
+            return {**_validators(response.headers), "size": int(length) if length and length.isdigit() else None}
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:  # HTTPError is a URLError
+        logger.warning("%s: could not ask the server whether its file changed (%s); using the copy "
+                       "fetched before. Delete it to fetch again.", url, err)
+        return None
+
+
+def _validators(headers) -> dict[str, str]:
+    """The response's ETag and Last-Modified (those it has)."""
+    found = {"etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified")}
+    return {key: value for key, value in found.items() if value}
 
 
 def _has_scheme(url: str) -> bool:
@@ -211,7 +241,8 @@ def _html_error(url: str) -> DownloadError:
     )
 
 
-def _copy_local(source: Path, url: str, dest: Path, part: Path) -> None:
+def _copy_local(source: Path, url: str, dest: Path, part: Path) -> dict:
+    """Copy ``source`` to ``part``; return the source's size and time from before the copy."""
     if not source.is_file():
         raise DownloadError(f"{url}: local file {source} does not exist; check the path or "
                             "the preset's base_url.")
@@ -219,7 +250,9 @@ def _copy_local(source: Path, url: str, dest: Path, part: Path) -> None:
         head = fh.read(_SNIFF_BYTES)
     if _looks_like_html(head) and not dest.name.lower().endswith(HTML_SUFFIXES):
         raise _html_error(url)
+    state = provenance.file_state(source)
     shutil.copyfile(source, part)
+    return state
 
 
 def _download_http(
@@ -232,19 +265,23 @@ def _download_http(
     backoff_s: float,
     chunk_bytes: int,
     progress: bool,
-) -> None:
-    """Stream ``url`` into ``part``, resuming from its current size after every failure."""
+) -> dict:
+    """Stream ``url`` into ``part``, resuming from its current size after every failure; return
+    the server's ETag, Last-Modified and the file's size."""
     failures = 0
     while True:
+        validator = _resume_validator(part, url)
         offset = part.stat().st_size if part.exists() else 0
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
+            if validator:
+                headers["If-Range"] = validator  # the server's file changed: it sends it whole
         try:
             request = urllib.request.Request(url, headers=headers)
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                _receive(response, url, dest, part, offset, chunk_bytes, progress)
-            return
+                validators = _receive(response, url, dest, part, offset, chunk_bytes, progress)
+            return {**validators, "size": part.stat().st_size}
         except urllib.error.HTTPError as err:
             if err.code == 416 and offset:
                 reason = f"HTTP 416 for a resume from byte {offset}; restarting from scratch"
@@ -271,6 +308,20 @@ def _download_http(
         time.sleep(delay)
 
 
+def _resume_validator(part: Path, url: str) -> str | None:
+    """The If-Range value that resumes ``part`` only from the same server file (its ETag, else
+    Last-Modified). A part of another URL is dropped; one without a record resumes without."""
+    record = provenance.read_record(part)
+    if record is None:
+        return None
+    if record.get("source") != url:
+        part.unlink(missing_ok=True)
+        provenance.forget(part)
+        return None
+    state = record.get("source_state", {})
+    return state.get("etag") or state.get("last_modified")
+
+
 def _partial_state(part: Path) -> str:
     """What a give-up leaves behind, stated from the disk, not assumed: a resumable ``.part``
     file (and its size) only when one exists."""
@@ -281,7 +332,8 @@ def _partial_state(part: Path) -> str:
 
 
 def _receive(response, url: str, dest: Path, part: Path, offset: int, chunk_bytes: int,
-             progress: bool) -> None:
+             progress: bool) -> dict[str, str]:
+    """Append (206) or write (200) the body to ``part``; return the response's validators."""
     status = response.status
     if offset and status == 206:
         content_range = response.headers.get("Content-Range", "")
@@ -290,7 +342,9 @@ def _receive(response, url: str, dest: Path, part: Path, offset: int, chunk_byte
             raise _IncompleteTransfer(f"resume answered with Content-Range {content_range!r}")
         mode = "ab"
     elif status == 200:
-        offset, mode = 0, "wb"  # no Range support (or no Range sent): start over
+        offset, mode = 0, "wb"  # no Range support, no Range sent or a changed file: start over
+        provenance.record_path(part).write_text(
+            json.dumps({"source": url, "source_state": _validators(response.headers)}))
     else:
         raise DownloadError(f"{url}: unexpected HTTP status {status}; expected 200 or 206.")
     expects_html = dest.name.lower().endswith(HTML_SUFFIXES)
@@ -319,3 +373,4 @@ def _receive(response, url: str, dest: Path, part: Path, offset: int, chunk_byte
     received = part.stat().st_size
     if total is not None and received < total:
         raise _IncompleteTransfer(f"connection closed at byte {received} of {total}")
+    return _validators(response.headers)

@@ -6,28 +6,29 @@ Interactions come from files of tens of millions of lines, so the whole file is 
 polars' native (multi-threaded, streaming-decompression) reader with only the three needed fields.
 Only if that fails (a malformed line, a missing field) is the file re-read block by block, with a
 per-line fallback inside the blocks that fail, so malformed lines are counted exactly and no good
-row is lost. Item metadata is parsed line by line (the text needs cleaning anyway).
+row is lost (``rodpo.data.reading`` streams the blocks, without a UTF-8 BOM). Item metadata is
+parsed line by line (the text needs cleaning anyway). Times are converted to seconds by
+``rodpo.data.timestamps``.
 """
 
 from __future__ import annotations
 
 import ast
-import gzip
 import html
 import io
 import logging
 import math
-import queue
 import re
-import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import polars as pl
+
+from rodpo.data.reading import first_line, line_blocks, numbered_lines, prefetch, text_lines
+from rodpo.data.timestamps import timestamps_in_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,6 @@ ITEM_SCHEMA = {
 }
 CATEGORY_LEVEL_SEP = " > "
 CATEGORY_PATH_SEP = " | "
-BLOCK_BYTES = 1 << 24  # slow path: decompressed bytes handed to polars (or per-line) at a time
-PREFETCH_BLOCKS = 2  # blocks decompressed ahead by a helper thread (zlib releases the GIL)
 SNIPPET_CHARS = 120
 RECBOLE_SEP = "\t"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of the int64 timestamp column
@@ -68,14 +67,14 @@ class ReviewFields:
     user: str
     item: str
     time: str
-    time_units_per_second: int = 1
+    time_unit: str = "s"
 
 
 REVIEW_FIELDS = {
     "amazon2014": ReviewFields("reviewerID", "asin", "unixReviewTime"),
     "amazon2018": ReviewFields("reviewerID", "asin", "unixReviewTime"),
     # 2023: items are keyed by parent_asin (what meta files use); timestamps are milliseconds.
-    "amazon2023": ReviewFields("user_id", "parent_asin", "timestamp", 1000),
+    "amazon2023": ReviewFields("user_id", "parent_asin", "timestamp", "ms"),
 }
 
 
@@ -83,25 +82,28 @@ REVIEW_FIELDS = {
 
 
 def parse_interactions(
-    path: str | Path, source: str, *, max_malformed_fraction: float = 0.001
+    path: str | Path, source: str, *, max_malformed_fraction: float = 0.001,
+    timestamp_unit: str = "auto",
 ) -> pl.DataFrame:
     """Read a reviews file (or a RecBole ``.inter`` file) into user_id, item_id, timestamp
-    (int64 seconds), one row per usable line, in file order."""
+    (int64 seconds; ``timestamp_unit`` as in ``rodpo.data.timestamps``), one row per usable
+    line, in file order."""
     fmt = _format(source)
     path = _existing(path)
     started = time.perf_counter()
     tally = _Tally(path, source, max_malformed_fraction)
     if fmt == "recbole":
-        df = _parse_recbole_inter(path, tally)
+        df, format_unit = _parse_recbole_inter(path, tally), None
     else:
-        df = _parse_review_lines(path, REVIEW_FIELDS[fmt], fmt == "amazon2014", tally)
+        fields = REVIEW_FIELDS[fmt]
+        df, format_unit = _parse_review_lines(path, fields, fmt == "amazon2014", tally), fields.time_unit
     tally.finish()
     if df.height == 0:
         raise ValueError(f"{path}: no interactions found (empty file?); check the download "
                          f"and that source={source!r} matches the file.")
     logger.info("%s: %d interactions in %.1fs", path.name, df.height,
                 time.perf_counter() - started)
-    return df
+    return timestamps_in_seconds(df, timestamp_unit, path, format_unit)
 
 
 def parse_items(
@@ -239,7 +241,7 @@ def _parse_review_blocks(path: Path, fields: ReviewFields, schema: dict, allow_l
                          tally: _Tally) -> pl.DataFrame:
     """Exact slow path: polars per block of lines, per-line parsing for blocks that fail."""
     frames: list[pl.DataFrame] = []
-    for first_line_no, block in _prefetch(_line_blocks(path), PREFETCH_BLOCKS):
+    for first_line_no, block in prefetch(line_blocks(path)):
         n_lines = block.count(b"\n")
         try:
             df = _reviews_frame(pl.read_ndjson(io.BytesIO(block), schema=schema), fields)
@@ -273,7 +275,7 @@ def _reviews_frame(df: pl.DataFrame, fields: ReviewFields) -> pl.DataFrame:
     return df.select(
         pl.col(fields.user).alias("user_id"),
         pl.col(fields.item).alias("item_id"),
-        (pl.col(fields.time) // fields.time_units_per_second).alias("timestamp"),
+        pl.col(fields.time).alias("timestamp"),
     )
 
 
@@ -290,7 +292,7 @@ def _interaction(record: dict, fields: ReviewFields) -> tuple[str, str, int]:
     user = _identifier(record.get(fields.user), fields.user)
     item = _identifier(record.get(fields.item), fields.item)
     raw_time = record.get(fields.time)
-    return user, item, _timestamp(raw_time, fields.time) // fields.time_units_per_second
+    return user, item, _timestamp(raw_time, fields.time)
 
 
 def _timestamp(raw: object, key: str) -> int:
@@ -345,21 +347,21 @@ def _parse_recbole_inter(path: Path, tally: _Tally) -> pl.DataFrame:
             tally.good(df.height)
             return df
     users, items, times = [], [], []
-    for line_no, line in _text_lines(path, skip_header=True):
+    for line_no, line in text_lines(path, skip_header=True):
         fields = line.rstrip("\r\n").split(RECBOLE_SEP)
         try:
             if len(fields) != len(header):
                 raise _BadLine(f"{len(fields)} tab-separated fields, header has {len(header)}")
             user = _identifier(fields[columns["user_id"]], "user_id")
             item = _identifier(fields[columns["item_id"]], "item_id")
-            seconds = _timestamp(fields[columns["timestamp"]], "timestamp")
+            timestamp = _timestamp(fields[columns["timestamp"]], "timestamp")
         except _BadLine as err:
             tally.malformed(line_no, line, str(err))
             continue
         tally.good()
         users.append(user)
         items.append(item)
-        times.append(seconds)
+        times.append(timestamp)
     return pl.DataFrame({"user_id": users, "item_id": items, "timestamp": times},
                         schema=INTERACTION_SCHEMA)
 
@@ -416,7 +418,7 @@ _ITEM_BUILDERS: dict[str, Callable[[dict], tuple]] = {
 
 def _amazon_item_rows(path: Path, fmt: str, tally: _Tally) -> Iterator[tuple]:
     to_item = _ITEM_BUILDERS[fmt]
-    for line_no, line in _numbered_lines(path):
+    for line_no, line in numbered_lines(path):
         try:
             row = to_item(_load_record(line, allow_literal=fmt == "amazon2014"))
         except _BadLine as err:
@@ -435,7 +437,7 @@ def _recbole_item_rows(path: Path, tally: _Tally) -> Iterator[tuple]:
     }
     if optional["categories"] is None:  # S3-Rec style files: anonymous attribute tokens
         optional["categories"] = _recbole_column(header, "attributes", path, required=False)
-    for line_no, line in _text_lines(path, skip_header=True):
+    for line_no, line in text_lines(path, skip_header=True):
         fields = line.rstrip("\r\n").split(RECBOLE_SEP)
         if len(fields) > len(header):
             tally.malformed(line_no, line, f"{len(fields)} tab-separated fields, header has "
@@ -506,87 +508,6 @@ def _existing(path: str | Path) -> Path:
     return path
 
 
-def _open_binary(path: Path):
-    """Open plain or gzip files (told apart by the magic bytes, not only the name)."""
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
-
-
-def _line_blocks(path: Path) -> Iterator[tuple[int, bytes]]:
-    """Yield (number of the block's first line, whole lines ending in newline) blocks."""
-    line_no = 1
-    rest = b""
-    with _open_binary(path) as fh:
-        try:
-            while block := fh.read(BLOCK_BYTES):
-                block = rest + block
-                cut = block.rfind(b"\n") + 1
-                if cut == 0:
-                    rest = block
-                    continue
-                rest = block[cut:]
-                yield line_no, block[:cut]
-                line_no += block.count(b"\n", 0, cut)
-        except (EOFError, gzip.BadGzipFile, zlib.error) as err:
-            raise ValueError(f"{path}: cannot decompress ({err}); the file is truncated or "
-                             "corrupt: delete it and download it again.") from err
-    if rest:
-        yield line_no, rest + b"\n"
-
-
-def _prefetch(blocks: Iterator, depth: int) -> Iterator:
-    """Run ``blocks`` in a helper thread, ``depth`` items ahead, so decompression overlaps the
-    parsing of the previous block on the second core. Errors surface in the caller."""
-    done = object()
-    buffer: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                buffer.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False  # the consumer has gone
-
-    def produce() -> None:
-        try:
-            for item in blocks:
-                if not put(item):
-                    return
-            put(done)
-        except BaseException as err:  # re-raised in the consumer
-            put(err)
-
-    worker = threading.Thread(target=produce, name="rodpo-decompress", daemon=True)
-    worker.start()
-    try:
-        while (item := buffer.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join()
-
-
-def _numbered_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, line) for each non-blank line, streamed."""
-    for first_line_no, block in _line_blocks(path):
-        for offset, line in enumerate(block.split(b"\n")[:-1]):
-            if line.strip():
-                yield first_line_no + offset, line
-
-
-def _text_lines(path: Path, *, skip_header: bool) -> Iterator[tuple[int, str]]:
-    for line_no, line in _numbered_lines(path):
-        if skip_header and line_no == 1:
-            continue
-        yield line_no, line.decode("utf-8", "replace")
-
-
 def _load_record(line: bytes, allow_literal: bool) -> dict:
     """One JSON object per line; 2014 files may hold Python dict literals (literal_eval only)."""
     try:
@@ -605,8 +526,7 @@ def _load_record(line: bytes, allow_literal: bool) -> dict:
 
 
 def _recbole_header(path: Path) -> list[str]:
-    with _open_binary(path) as fh:
-        first = fh.readline().decode("utf-8", "replace").rstrip("\r\n")
+    first = first_line(path)
     header = first.split(RECBOLE_SEP)
     if not first or not all(":" in name for name in header):
         raise ValueError(f"{path}: first line {first[:SNIPPET_CHARS]!r} is not a RecBole typed "

@@ -11,7 +11,9 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,6 +34,8 @@ DEMO_ARCH = "RoDPO-Tiny-ViT"
 WHITE = (255, 255, 255)
 # Manifest entries that add up over item slices (features.sharding merges the ranks' manifests).
 MANIFEST_COUNTS = ("items", "items_with_image", "image_failures", "image_fetch")
+# What open_clip logs (root logger, WARNING) for every model built without pretrained weights.
+OPEN_CLIP_RANDOM_INIT_NOTE = "No pretrained weights loaded for model"
 
 
 def _register_configs() -> None:
@@ -62,7 +66,8 @@ def load_clip_image_encoder(
     pretrained = str(pretrained) if pretrained is not None else None
     device = device if isinstance(device, torch.device) else resolve_device(device)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
+        with _random_weights_expected(pretrained is None):
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
     except RuntimeError as error:
         raise RuntimeError(
             f"open_clip could not load arch={arch!r} pretrained={pretrained!r}: {error}. Without network, "
@@ -88,7 +93,8 @@ def build_random_clip_checkpoint(path: str | Path, arch: str = DEMO_ARCH, seed: 
     _register_configs()
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
         torch.manual_seed(seed)
-        model = open_clip.create_model(arch, pretrained=None, device="cpu")
+        with _random_weights_expected():
+            model = open_clip.create_model(arch, pretrained=None, device="cpu")
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
@@ -101,6 +107,22 @@ def build_random_clip_checkpoint(path: str | Path, arch: str = DEMO_ARCH, seed: 
         Path(temp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def _random_weights_expected(expected: bool = True) -> Iterator[None]:
+    """Drop open_clip's "initialized randomly" warning while a model is built without weights on
+    purpose (the demo's seeded checkpoint, the benchmark): the demo's features are documented as not
+    semantic, so the warning would tell the user nothing. Any other message passes."""
+    root = logging.getLogger()
+    note = (lambda record: not record.getMessage().startswith(OPEN_CLIP_RANDOM_INIT_NOTE)) if expected else None
+    if note is not None:
+        root.addFilter(note)
+    try:
+        yield
+    finally:
+        if note is not None:
+            root.removeFilter(note)
 
 
 def _load_image(path: str | Path | None, preprocess: Callable) -> torch.Tensor | None:

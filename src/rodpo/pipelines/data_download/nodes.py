@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from rodpo.data import provenance
 from rodpo.data.demo import generate_demo_dataset
 from rodpo.data.download import download_file, local_source
 from rodpo.data.sources import dataset_file_urls
@@ -25,11 +26,13 @@ class DownloadParams:
 def download_raw_data(
     dataset: str, dataset_spec: dict, sources: dict, download: DownloadParams
 ) -> dict:
-    """Fetch the preset's reviews and metadata files into ``raw_dir``; return their paths.
+    """Fetch the preset's reviews and metadata files into ``raw_dir``; return the manifest:
+    their paths (``files``) and each copy's record (``copies``: its source, the source's state,
+    the copy's size and sha256; see ``rodpo.data.provenance``).
 
     The ``demo`` source first generates its files (Amazon 2018 format) under
     ``raw_dir/generated`` and then goes through the same download/verify path as any file:// URL.
-    Files already complete are not fetched again.
+    A copy is fetched again only when its source changed.
     """
     raw_dir = Path(download.raw_dir)
     spec = dict(dataset_spec)
@@ -40,6 +43,7 @@ def download_raw_data(
 
     optional = set(sources[spec["source"]].get("optional", []))
     files: dict[str, str | None] = {}
+    copies: dict[str, dict | None] = {}
     for role, url in dataset_file_urls(spec, sources).items():
         local = local_source(url)
         if role in optional and local is not None and not local.exists():
@@ -56,5 +60,6 @@ def download_raw_data(
             verify_gzip=dest.suffix == ".gz",
             progress=download.progress,
         )
-        files[role] = str(dest)
-    return {"dataset": dataset, "source": spec["source"], "category": spec.get("category"), "files": files}
+        files[role], copies[role] = str(dest), provenance.read_record(dest)
+    return {"dataset": dataset, "source": spec["source"], "category": spec.get("category"), "files": files,
+            "copies": copies}

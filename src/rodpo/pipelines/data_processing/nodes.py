@@ -1,7 +1,8 @@
 """Nodes of ``data_processing``: thin adapters over ``rodpo.data.parsers`` and ``preprocess``.
 
 Parsing reads the raw files named in the ``raw_files`` manifest itself (streaming gzip with
-tolerance for malformed lines is not something a catalog dataset can do).
+tolerance for malformed lines is not something a catalog dataset can do). An error in a copy also
+names its source (from the manifest's ``copies``), the file the user can correct.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from rodpo.data import preprocess
+from rodpo.data.provenance import naming_source
 from rodpo.data.parsers import ITEM_SCHEMA, parse_interactions, parse_items
 
 
@@ -19,15 +21,19 @@ class ProcessingParams:
     k_core: int = 5
     drop_duplicates: bool = True
     max_malformed_fraction: float = 0.001
+    timestamp_unit: str = "auto"  # auto | s | ms (rodpo.data.timestamps)
 
 
 def parse_raw_interactions(raw_files: dict, data_processing: ProcessingParams) -> pl.DataFrame:
-    """Reviews file -> (user_id, item_id, timestamp) rows with original ids, in file order."""
-    return parse_interactions(
-        raw_files["files"]["reviews"],
-        raw_files["source"],
-        max_malformed_fraction=data_processing.max_malformed_fraction,
-    )
+    """Reviews file -> (user_id, item_id, timestamp seconds) rows with original ids, in file order."""
+    path = raw_files["files"]["reviews"]
+    with naming_source(path, _source_of(raw_files, "reviews")):
+        return parse_interactions(
+            path,
+            raw_files["source"],
+            max_malformed_fraction=data_processing.max_malformed_fraction,
+            timestamp_unit=data_processing.timestamp_unit,
+        )
 
 
 def parse_raw_items(raw_files: dict, data_processing: ProcessingParams) -> pl.DataFrame:
@@ -35,11 +41,17 @@ def parse_raw_items(raw_files: dict, data_processing: ProcessingParams) -> pl.Da
     meta_path = raw_files["files"].get("meta")
     if meta_path is None:
         return pl.DataFrame(schema=ITEM_SCHEMA)
-    return parse_items(
-        meta_path,
-        raw_files["source"],
-        max_malformed_fraction=data_processing.max_malformed_fraction,
-    )
+    with naming_source(meta_path, _source_of(raw_files, "meta")):
+        return parse_items(
+            meta_path,
+            raw_files["source"],
+            max_malformed_fraction=data_processing.max_malformed_fraction,
+        )
+
+
+def _source_of(raw_files: dict, role: str) -> str | None:
+    """Where the copy of ``role`` came from (None in a manifest written before copies had records)."""
+    return ((raw_files.get("copies") or {}).get(role) or {}).get("source")
 
 
 def filter_and_index_interactions(
