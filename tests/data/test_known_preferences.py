@@ -6,11 +6,16 @@ import pytest
 import torch
 
 from rodpo.data.known_preferences import (
+    NOT_CHOSEN,
     GroundTruth,
     KnownPreferenceSpec,
+    choice_steps,
+    choosable_items,
     false_negative_rate,
     generate_known_preferences,
+    observation_probabilities,
     true_preference_ranks,
+    truly_preferred_items,
 )
 from rodpo.data.preprocess import build_sequences, leave_one_out_split
 
@@ -184,7 +189,7 @@ def test_true_ndcg_of_the_truth_is_one_and_exclusion_applies_to_both_lists(small
 @pytest.mark.parametrize(("field", "value"), [
     ("n_users", 0), ("n_items", 1), ("n_factors", 0), ("min_seq_len", 2), ("max_seq_len", 3),
     ("max_seq_len", 500), ("exposure", 0.0), ("exposure", 1.5), ("temperature", 0.0), ("n_clusters", 0),
-    ("n_clusters", 51), ("popularity_scale", -1.0), ("transition_weight", math.inf),
+    ("n_clusters", 51), ("popularity_scale", -1.0), ("transition_weight", math.inf), ("exposure_bias", "views"),
 ])
 def test_bad_spec_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=rf"KnownPreferenceSpec\.{field}="):
@@ -195,3 +200,80 @@ def test_a_catalog_too_small_for_the_exposure_says_what_to_change():
     spec = KnownPreferenceSpec(n_users=20, n_items=6, min_seq_len=5, max_seq_len=6, exposure=0.2, n_clusters=2)
     with pytest.raises(ValueError, match=r"chose all n_items=6 items.*raise n_items or exposure, or lower max_seq_len"):
         generate_known_preferences(spec)
+
+
+def test_choosable_items_follow_the_generators_rule(small_data):
+    """At every step the generator's choice is among the choosable items, and no earlier choice is."""
+    steps = choice_steps(small_data.choices, SMALL.n_users, SMALL.n_items)
+    rows = small_data.choices
+    users, items, at_step = (torch.tensor(rows.get_column(c).to_list()) for c in ("user_id", "item_id", "step"))
+    choosable = choosable_items(steps, users, at_step)
+    assert choosable.gather(1, items[:, None]).all()  # the item chosen at a step is choosable at it
+    assert not choosable[:, 0].any()
+    for user, step in ((1, 0), (1, 3), (7, 5)):
+        earlier = rows.filter((pl.col("user_id") == user) & (pl.col("step") < step)).get_column("item_id").to_list()
+        mask = choosable_items(steps, torch.tensor([user]), torch.tensor([step]))[0]
+        assert not mask[earlier].any()  # never an item chosen at an earlier step, observed or not
+        assert int(mask.sum()) == SMALL.n_items - len(earlier)
+    assert int(steps[1, 0]) == NOT_CHOSEN
+
+
+def test_choosable_definitions_never_count_an_earlier_choice():
+    # Utilities 3, 2, 1, 0 for items 1..4. The user chose 1 (step 0), then 3 (step 1): judged at step 1,
+    # item 1 is above the chosen 3 but was chosen earlier, so it is no false negative; 2 still is.
+    truth = fixed_truth([3.0, 2.0, 1.0, 0.0])
+    steps = torch.full((2, 5), NOT_CHOSEN, dtype=torch.int64)
+    steps[1, 1], steps[1, 3] = 0, 1
+    users, chosen, last = torch.tensor([1]), torch.tensor([3]), torch.tensor([1])
+    choosable = choosable_items(steps, users, torch.tensor([1]))
+    assert choosable[0].tolist() == [False, False, True, True, True]
+    utilities = truth.true_utilities(users, last)
+    assert truly_preferred_items(utilities, chosen)[0].tolist() == [False, True, True, False, False]
+    assert truly_preferred_items(utilities, chosen, choosable=choosable)[0].tolist() == [
+        False, False, True, False, False]
+    # true top 50% = 2 items: {1, 2} over every item; {2, 3} among the choosable ones
+    assert truly_preferred_items(utilities, chosen, threshold=0.5)[0].tolist() == [False, True, True, False, False]
+    assert truly_preferred_items(utilities, chosen, threshold=0.5, choosable=choosable)[0].tolist() == [
+        False, False, True, True, False]
+    assert false_negative_rate(torch.tensor([[1], [2]]), chosen.repeat(2), users.repeat(2), last.repeat(2), truth,
+                               choosable=choosable.repeat(2, 1)) == 0.5
+
+
+def test_true_ndcg_gives_no_gain_to_items_the_user_cannot_choose():
+    # Gains 1/2, 1/3, 1/6 (utilities ln 3, ln 2, 0). Item 1 was chosen earlier: only items 2, 3 earn a gain,
+    # so the list [1, 2] at k = 2 scores (1/3) / log2(3) over the ideal [2, 3]: 1/3 + (1/6) / log2(3).
+    truth = fixed_truth([math.log(3), math.log(2), 0.0])
+    users, last = torch.tensor([1]), torch.tensor([0])
+    choosable = torch.tensor([[False, False, True, True]])
+    ndcg = true_preference_ranks(torch.tensor([[1, 2]]), users, last, truth, k=2, choosable=choosable)
+    expected = (1 / 3) / math.log2(3) / (1 / 3 + (1 / 6) / math.log2(3))
+    torch.testing.assert_close(ndcg, torch.tensor([expected], dtype=torch.float64))
+
+
+def test_observation_probabilities_by_hand():
+    # weights 1, 1, 2 at exposure 0.5: c = 1.5 / 4 gives 0.375, 0.375, 0.75 (mean 0.5, none capped).
+    np.testing.assert_allclose(observation_probabilities(np.array([1.0, 1.0, 2.0]), 0.5), [0.375, 0.375, 0.75])
+    # weights 1, 1, 10 at exposure 0.6: item 3 is capped at 1, the other two share 1.8 - 1 = 0.8 -> 0.4 each.
+    np.testing.assert_allclose(observation_probabilities(np.array([1.0, 10.0, 1.0]), 0.6), [0.4, 1.0, 0.4])
+    np.testing.assert_allclose(observation_probabilities(np.array([3.0, 1.0]), 1.0), [1.0, 1.0])
+    weights = np.exp(np.random.default_rng(0).normal(size=500))
+    probabilities = observation_probabilities(weights, 0.3)
+    assert probabilities.mean() == pytest.approx(0.3) and probabilities.max() <= 1.0
+    assert np.all(np.diff(probabilities[np.argsort(weights)]) >= -1e-12)  # grows with the weight
+    with pytest.raises(ValueError, match="weights must be a non-empty 1-D array"):
+        observation_probabilities(np.array([1.0, 0.0]), 0.5)
+
+
+def test_popularity_biased_exposure_keeps_the_rate_and_observes_popular_items_more():
+    spec = KnownPreferenceSpec(n_users=400, n_items=300, min_seq_len=5, max_seq_len=10, exposure=0.3, seed=1,
+                               exposure_bias="popularity")
+    data = generate_known_preferences(spec)
+    assert data.observation_rate == pytest.approx(0.3, abs=0.03)  # the same 6-sigma band as uniform
+    choices = data.choices.with_columns(pl.col("item_id").map_elements(lambda i: data.truth.item_bias[i],
+                                                                       return_dtype=pl.Float64).alias("bias"))
+    median = choices.get_column("bias").median()
+    popular = choices.filter(pl.col("bias") > median).get_column("observed").mean()
+    rare = choices.filter(pl.col("bias") <= median).get_column("observed").mean()
+    assert popular > rare + 0.1
+    uniform = generate_known_preferences(KnownPreferenceSpec(**{**spec.__dict__, "exposure_bias": "uniform"}))
+    np.testing.assert_array_equal(uniform.truth.item_bias, data.truth.item_bias)  # the same truth

@@ -1,164 +1,236 @@
-"""The false-negatives study's report: one table row per variant and exposure (mean +- std over
-seeds) and the figure (false-negative rate vs K, and vs the observation rate, per strategy)."""
+"""The false-negatives study's report: the declared primary comparisons, one table row per variant
+(mean and 95% CI over replicates: generated world x training seed), every other comparison, the
+worlds, and the figure (the false-negative ordering of the pools vs the K share, per exclusion)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 from matplotlib.figure import Figure
 
 from rodpo.evaluation.reports import MISSING
-from rodpo.experiments.false_negatives import (
-    ABOVE,
+from rodpo.experiments.false_negatives import variant_label
+from rodpo.experiments.false_negatives_inference import (
     CONTROL,
     DPO,
-    FN_DEFINITIONS,
-    OBSERVED,
+    OBSERVED_NDCG,
+    PRIMARY_FAMILY,
     REPORT_K,
-    TRUE_TOP,
-    UNOBSERVED,
+    SECONDARY_FAMILY,
+    TRUTH_NDCG,
+    TRUTH_NDCG_ALL_ITEMS,
     WARMUP,
-    variant_label,
+)
+from rodpo.experiments.false_negatives_judge import (
+    ABOVE,
+    ALL_ITEMS_DEFINITIONS,
+    ALL_ITEMS_LABEL,
+    CHOOSABLE_DEFINITIONS,
+    PRIMARY_DEFINITION,
 )
 
-FIGURE_DEFINITION = ABOVE     # the definition the figure plots
-PANEL_SIZE = (5.0, 3.8)
+ALPHA = 0.05  # bold: p_holm below it; †: only q_bh below it
+PANEL_SIZE = (4.6, 3.6)
+SHORT = {"choosable_above_chosen": "above chosen", "choosable_true_top": "true top",
+         "choosable_unobserved_choice": "unobserved choice", "choosable_observed_choice": "observed choice",
+         "above_chosen": "above chosen", "true_top": "true top", "unobserved_choice": "unobserved choice",
+         "observed_choice": "observed choice"}
 
 
-def summary_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per (exposure, variant, objective), mean and std over seeds of the last epoch's
-    false-negative rates and of the final metrics; what the table and the figure both show."""
-    groups: dict[tuple, list[Mapping[str, Any]]] = {}
-    for row in results["rows"]:
-        groups.setdefault((row["exposure"], row["kind"], row["strategy"], row["k"], row["objective"]), []).append(row)
-    observation = {world["exposure"]: world["observation_rate"] for world in results["worlds"]}
-    summaries = []
-    for (exposure, kind, strategy, k, objective), rows in groups.items():
-        values: dict[str, list[float]] = {}
-        for row in rows:
-            last = row["epochs"][-1] if row["epochs"] else {}
-            for name in FN_DEFINITIONS:
-                values.setdefault(name, []).append(last.get(name, math.nan))
-            for name in (f"ndcg@{REPORT_K}_observed", f"ndcg@{REPORT_K}_truth"):
-                values.setdefault(name, []).append(row[name])
-        n_epochs = max(len(row["epochs"]) for row in rows)
-        per_epoch = [float(np.mean([row["epochs"][e][ABOVE] for row in rows if len(row["epochs"]) > e]))
-                     for e in range(n_epochs)]
-        summaries.append({
-            "exposure": exposure, "observation_rate": observation[exposure], "kind": kind, "strategy": strategy,
-            "k": k, "objective": objective, "label": variant_label(rows[0]), "n_seeds": len(rows),
-            "mean": {name: float(np.mean(v)) for name, v in values.items()},
-            "std": {name: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for name, v in values.items()},
-            f"{ABOVE}_per_epoch": per_epoch,
-        })
-    return summaries
+def _variant_key(level: Mapping[str, Any]) -> tuple:
+    return (level["exposure"], level["exclusion"], level["kind"], level["strategy"], level["k_share"],
+            level["objective"])
 
 
-def _cell(summary: Mapping[str, Any], name: str) -> str:
-    mean, std = summary["mean"][name], summary["std"][name]
-    if not math.isfinite(mean):
+def variant_levels(results: Mapping[str, Any]) -> dict[tuple, dict[str, Any]]:
+    """(exposure, exclusion, kind, strategy, K share, objective) -> the variant's fields and its
+    levels by measure, in the study's row order."""
+    variants: dict[tuple, dict[str, Any]] = {}
+    for level in results["levels"]:
+        entry = variants.setdefault(_variant_key(level), {**level, "measures": {}})
+        entry["measures"][level["measure"]] = level
+    order = {WARMUP: 0, CONTROL: 1, DPO: 2}
+    exclusions = list(results["settings"]["exclusions"])
+    return dict(sorted(variants.items(), key=lambda item: (
+        item[0][0], order[item[0][2]], exclusions.index(item[0][1]) if item[0][1] in exclusions else -1)))
+
+
+def _cell(level: Mapping[str, Any] | None, with_ci: bool = True) -> str:
+    if level is None or not math.isfinite(level["mean"]):
         return MISSING
-    return f"{mean:.3f} ± {std:.3f}" if summary["n_seeds"] > 1 else f"{mean:.3f}"
+    if with_ci and level["ci95_seed"] is not None:
+        low, high = level["ci95_seed"]
+        return f"{level['mean']:.3f} [{low:.3f}, {high:.3f}]"
+    return f"{level['mean']:.3f}"
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return MISSING
+    return f"{value:.2g}" if value >= 0.001 else "< 0.001"
+
+
+def _comparison_rows(tests: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = ["| Comparison (b vs a) | Exposure | Exclusion | b − a | 95% CI | p_seed | p_signflip | p_holm | q_bh | "
+             "Replicates |", "| --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for test in tests:
+        significant = test["p_holm"] is not None and test["p_holm"] < ALPHA
+        marker = "" if significant or test["q_bh"] is None or test["q_bh"] >= ALPHA else " †"
+        diff = f"{test['mean_diff_seed']:+.3f}"
+        ci = MISSING if test["ci95_seed"] is None else f"[{test['ci95_seed'][0]:+.3f}, {test['ci95_seed'][1]:+.3f}]"
+        name = f"**{test['name']}**" if significant else test["name"] + marker
+        lines.append(f"| {name} | {test['exposure']:g} | {test['exclusion']} | {diff} | {ci} | {_p(test['p_seed'])} | "
+                     f"{_p(test['p_signflip'])} | {_p(test['p_holm'])} | {_p(test['q_bh'])} | {test['n_seeds']} |")
+    unavailable = {test["seed_test_unavailable"] for test in tests if test["seed_test_unavailable"]}
+    return lines + [f"\nSeed-level test {reason}." for reason in sorted(unavailable)]
+
+
+def _main_table(results: Mapping[str, Any]) -> list[str]:
+    header = ["Exposure", "Pool exclusion", "Variant", "Objective",
+              *(f"FN {SHORT[name]}" for name in CHOOSABLE_DEFINITIONS),
+              *(f"FN {SHORT[name]} ({ALL_ITEMS_LABEL})" for name in ALL_ITEMS_DEFINITIONS),
+              f"FN {SHORT[PRIMARY_DEFINITION]}, per epoch", f"Test NDCG@{REPORT_K} (observed)",
+              f"NDCG@{REPORT_K} vs truth", f"NDCG@{REPORT_K} vs truth ({ALL_ITEMS_LABEL})"]
+    per_epoch = _per_epoch(results["rows"])
+    lines = ["| " + " | ".join(header) + " |", "| --- | --- | --- | --- |" + " ---: |" * (len(header) - 4)]
+    for key, variant in variant_levels(results).items():
+        measures = variant["measures"]
+        label = variant_label(variant)
+        label = f"_{label}_" if variant["kind"] in (WARMUP, CONTROL) else label
+        exclusion = results["exclusions"][variant["exclusion"]]["label"] if variant["kind"] == DPO else MISSING
+        objective = variant["objective"] if variant["kind"] == DPO else MISSING  # the control's is weighted 0
+        lines.append("| " + " | ".join([
+            f"{variant['exposure']:g}", exclusion, label, objective,
+            *(_cell(measures.get(name)) for name in CHOOSABLE_DEFINITIONS),
+            *(_cell(measures.get(name), with_ci=False) for name in ALL_ITEMS_DEFINITIONS),
+            " → ".join(f"{v:.3f}" for v in per_epoch.get(key, [])) or MISSING,
+            _cell(measures.get(OBSERVED_NDCG)), _cell(measures.get(TRUTH_NDCG)),
+            _cell(measures.get(TRUTH_NDCG_ALL_ITEMS), with_ci=False)]) + " |")
+    return lines
+
+
+def _per_epoch(rows: Sequence[Mapping[str, Any]]) -> dict[tuple, list[float]]:
+    """Variant key -> the primary definition's rate per stage-2 epoch, mean over replicates."""
+    groups: dict[tuple, list[list[float]]] = {}
+    for row in rows:
+        if row["epochs"]:
+            groups.setdefault(_variant_key(row), []).append([epoch[PRIMARY_DEFINITION] for epoch in row["epochs"]])
+    return {key: [sum(values) / len(values) for values in zip(*runs)] for key, runs in groups.items()}
 
 
 def false_negatives_markdown(results: Mapping[str, Any]) -> str:
-    """One row per variant per exposure (warm-up and lambda = 0 control marked), then the worlds."""
-    settings, definitions = results["settings"], results["definitions"]
-    header = ["Exposure", "Variant", "Objective", "FN above chosen", f"FN in true top {settings['top_fraction']:.0%}",
-              "FN unobserved choice", "FN observed choice", "FN above chosen, per epoch",
-              f"Test NDCG@{REPORT_K} (observed)", f"NDCG@{REPORT_K} vs truth"]
-    body = []
-    for summary in summary_rows(results):
-        label = summary["label"]
-        label = f"_{label}_" if summary["kind"] in (WARMUP, CONTROL) else label
-        objective = summary["objective"] if summary["kind"] == DPO else MISSING  # the control's is weighted 0
-        body.append([f"{summary['exposure']:g}", label, objective,
-                     *(_cell(summary, name) for name in FN_DEFINITIONS),
-                     " → ".join(f"{v:.3f}" for v in summary[f"{ABOVE}_per_epoch"]) or MISSING,
-                     _cell(summary, f"ndcg@{REPORT_K}_observed"), _cell(summary, f"ndcg@{REPORT_K}_truth")])
+    """Primary comparisons, the variants' rates and quality with CIs, every other comparison, the worlds."""
+    settings, definitions, significance = results["settings"], results["definitions"], results["significance"]
     generator = settings["generator"]
-    seeds = settings["seeds"]
-    lines = [f"## {results['title']}", "",
-             f"Generated worlds (`rodpo.data.known_preferences`): {generator['n_users']} users, "
-             f"{generator['n_items']} items, temperature {generator['temperature']}, generator seed "
-             f"{generator['seed']}; one world per exposure. ID-only model; epochs: warm-up (CE) "
-             f"{settings['warmup_epochs']}, stage 2 {settings['dpo_epochs']} (β = {settings['beta']}, "
-             f"λ = {settings['lambda_dpo']}, M = {settings['n_negatives']}); seeds {', '.join(map(str, seeds))}"
-             f"{' (mean ± std)' if len(seeds) > 1 else ''}. Study time {results['seconds']:.0f} s.", "",
-             "| " + " | ".join(header) + " |", "| --- | --- | --- |" + " ---: |" * (len(header) - 3),
-             *("| " + " | ".join(row) + " |" for row in body), "",
-             "FN columns: share of the sampled losers y_l of the **last** stage-2 epoch that are false negatives, "
-             f"in the true context (user, previous choice, observed or not): above chosen = {definitions[ABOVE]}; "
-             f"true top = {definitions[TRUE_TOP]}; unobserved choice = {definitions[UNOBSERVED]}; observed "
-             f"choice = {definitions[OBSERVED]} (the last two together: any true choice). The λ = 0 "
-             "control's losers are drawn and scored but never trained on. Metrics are of the model `train` "
-             "returns (best valid NDCG@10 epoch). Observed: full ranking of the held-out test item (history not "
-             f"masked). Truth: NDCG@{REPORT_K} of the same top-{REPORT_K} list graded by the true choice "
-             "probabilities at the test step (dense `score_next` scores over the small catalog).", "",
-             "### Worlds and the random strategy's expectation", "",
-             "| Exposure | Observation rate | Users | Train targets | E[FN] random: above chosen | "
-             "true top | unobserved | observed |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for world in results["worlds"]:
-        expected = world["random_expectation"]
-        lines.append(f"| {world['exposure']:g} | {world['observation_rate']:.3f} | {world['n_users']} | "
-                     f"{world['n_train_targets']} | "
-                     + " | ".join(f"{expected[name]:.3f} (se {expected[f'{name}_se']:.3f})" for name in FN_DEFINITIONS)
-                     + " |")
-    lines += ["", "A random loser is uniform over the n_items − 1 non-positive items, so its expected rate is the "
-              "mean share of false-negative items per training target (se: of one epoch's draws)."]
+    tests = results["comparisons"]
+    primary = [test for test in tests if test["family"] == PRIMARY_FAMILY]
+    k_values = ", ".join(f"{float(share):.2%} → K = {k}" for share, k in results["k_values"].items())
+    exclusions = "; ".join(f"`{name}`: {entry['label']}" for name, entry in results["exclusions"].items())
+    n_replicates = len(settings["world_seeds"]) * len(settings["seeds"])
+    exposures = ", ".join(f"{e:g}" for e in settings["exposures"])
+    lines = [
+        f"## {results['title']}", "",
+        f"Generated worlds (`rodpo.data.known_preferences`): {generator['n_users']} users, {generator['n_items']} "
+        f"items, temperature {generator['temperature']}, exposure bias `{generator['exposure_bias']}`; world seeds "
+        f"{', '.join(map(str, settings['world_seeds']))} at each exposure ({exposures}); "
+        f"training seeds {', '.join(map(str, settings['seeds']))}: {n_replicates} replicates (world × seed) per "
+        f"setting. K shares of the catalog: {k_values}. Pool exclusions: {exclusions}. ID-only model; warm-up (CE) "
+        f"at most {settings['warmup_epochs']} epochs (patience {settings['patience']}), stage 2 "
+        f"{settings['dpo_epochs']} epoch(s) (β = {settings['beta']}, λ = {settings['lambda_dpo']}, M = "
+        f"{settings['n_negatives']}). Study time {results['seconds']:.0f} s.", "",
+        "### Primary comparisons (declared in `false_negatives.primary`)", ""]
+    lines += _comparison_rows(primary) if primary else ["None declared."]
+    lines += ["", "### False negatives among sampled losers and quality, mean [95% CI over replicates]", "",
+              *_main_table(results), "",
+              "FN columns: share of the sampled losers y_l of the **last** stage-2 epoch that are false negatives in "
+              "the true context (user, the step y_w was chosen at). Primary (first four): only items the user could "
+              "still choose at that step count (the generator never repeats a choice, so earlier choices are true "
+              f"negatives): above chosen = {definitions[PRIMARY_DEFINITION]}; true top = "
+              f"{definitions['choosable_true_top']}; unobserved choice = {definitions['choosable_unobserved_choice']}; "
+              f"observed choice = {definitions['choosable_observed_choice']}. Secondary, labelled '{ALL_ITEMS_LABEL}': "
+              "the same readings over every item (the study's first definitions; mean only, CIs in the json). The "
+              "λ = 0 control's losers are drawn and judged but never trained on. Metrics are of the model `train` "
+              "returns (best valid NDCG@10 epoch). Observed: full ranking of the held-out test item (history not "
+              f"masked). Truth: NDCG@{REPORT_K} of the same list graded by the true choice probabilities at the test "
+              "step, only still-choosable items earning a gain (secondary: every item).", "",
+              f"### Every other comparison (family `{SECONDARY_FAMILY}`)", "",
+              *_comparison_rows([test for test in tests if test["family"] == SECONDARY_FAMILY]), "",
+              f"Tests over replicates ({significance['unit_of_replication']}): b − a is the mean over replicates of "
+              "each replicate's mean user difference; p_seed: " + significance["p_seed"] + "; 95% CI: "
+              + significance["ci95_seed"] + ". " + significance["families"] + f" **Bold**: p_holm < {ALPHA}; †: "
+              f"q_bh < {ALPHA} only. A user's false negatives: {significance['per_user_false_negatives']}.", "",
+              "### Worlds and the random pool's expectation", "",
+              *_worlds_table(results)]
     return "\n".join(lines) + "\n"
 
 
-def false_negatives_figure(results: Mapping[str, Any]) -> Figure:
-    """(a) FN rate vs K per exposure (top-K uniform; argmax dashed, random dotted), (b) FN rate vs
-    observation rate per strategy (the random expectation in grey). First objective, last epoch."""
-    summaries = [s for s in summary_rows(results) if s["kind"] == DPO]
-    objective = results["settings"]["objectives"][0]
-    summaries = [s for s in summaries if s["objective"] == objective]
-    width, height = PANEL_SIZE
-    figure = Figure(figsize=(2 * width, height), layout="constrained")
-    by_k, by_exposure = figure.subplots(1, 2)
-    exposures = sorted({s["exposure"] for s in summaries})
-    colors = {exposure: f"C{index}" for index, exposure in enumerate(exposures)}
-    for exposure in exposures:
-        rows = [s for s in summaries if s["exposure"] == exposure]
-        top_k = sorted((s for s in rows if s["strategy"] == "topk_uniform"), key=lambda s: s["k"])
-        if top_k:
-            by_k.errorbar([s["k"] for s in top_k], [s["mean"][FIGURE_DEFINITION] for s in top_k],
-                          yerr=[s["std"][FIGURE_DEFINITION] for s in top_k], marker="o", capsize=3,
-                          color=colors[exposure], label=f"top-K, exposure {exposure:g}")
-        for strategy, style in (("argmax", "--"), ("random", ":")):
-            for s in rows:
-                if s["strategy"] == strategy:
-                    by_k.axhline(s["mean"][FIGURE_DEFINITION], color=colors[exposure], linestyle=style, linewidth=1,
-                                 label=f"{strategy}, exposure {exposure:g}")
-    if any(s["strategy"] == "topk_uniform" for s in summaries):
-        by_k.set_xscale("log")
-        ks = sorted({s["k"] for s in summaries if s["k"] is not None})
-        by_k.set_xticks(ks, [str(k) for k in ks])
-        by_k.set_xticks([], minor=True)  # no log-scale minor labels between the Ks
-    by_k.set_xlabel("K (top-K pool size)")
-    by_k.set_ylabel(f"FN rate of sampled losers ({FIGURE_DEFINITION.replace('_', ' ')})")
-    by_k.set_title("(a) false negatives vs K")
-    by_k.legend(fontsize="x-small")
+def _worlds_table(results: Mapping[str, Any]) -> list[str]:
+    exclusions = list(results["exclusions"])
+    header = ["Exposure", "World seed", "Observation rate", "Users", "Train targets",
+              *(f"E[FN {SHORT[PRIMARY_DEFINITION]}] random, {name}" for name in exclusions),
+              *(f"E[FN {SHORT[ABOVE]}] random ({ALL_ITEMS_LABEL}), {name}" for name in exclusions)]
+    lines = ["| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
+    for world in results["worlds"]:
+        expected = world["random_expectation"]
+        cells = [f"{expected[name][key]:.3f} (se {expected[name][f'{key}_se']:.3f})"
+                 for key in (PRIMARY_DEFINITION, ABOVE) for name in exclusions]
+        lines.append(f"| {world['exposure']:g} | {world['world_seed']} | {world['observation_rate']:.3f} | "
+                     f"{world['n_users']} | {world['n_train_targets']} | " + " | ".join(cells) + " |")
+    return lines + ["", "A random loser is uniform over its pool (every real item but y_w, and the excluded items), "
+                    "so its expected rate is the mean share of false-negative items in the pool per training target "
+                    "(se: of one epoch's draws)."]
 
-    variants = list(dict.fromkeys((s["strategy"], s["k"]) for s in summaries))
-    for index, (strategy, k) in enumerate(variants):
-        rows = sorted((s for s in summaries if (s["strategy"], s["k"]) == (strategy, k)),
-                      key=lambda s: s["observation_rate"])
-        by_exposure.errorbar([s["observation_rate"] for s in rows], [s["mean"][FIGURE_DEFINITION] for s in rows],
-                             yerr=[s["std"][FIGURE_DEFINITION] for s in rows], marker="o", capsize=3,
-                             color=f"C{index}", label=variant_label({"kind": DPO, "strategy": strategy, "k": k}))
-    worlds = sorted(results["worlds"], key=lambda w: w["observation_rate"])
-    by_exposure.plot([w["observation_rate"] for w in worlds],
-                     [w["random_expectation"][FIGURE_DEFINITION] for w in worlds], color="grey", linestyle="--",
-                     linewidth=1, label="random: analytic expectation")
-    by_exposure.set_xlabel("observation rate (observed / all choices)")
-    by_exposure.set_ylabel(f"FN rate of sampled losers ({FIGURE_DEFINITION.replace('_', ' ')})")
-    by_exposure.set_title("(b) false negatives vs observation rate")
-    by_exposure.legend(fontsize="x-small")
-    figure.suptitle(f"Sampled losers truly above the chosen item (objective {objective}, last stage-2 epoch)")
+
+def false_negatives_figure(results: Mapping[str, Any]) -> Figure:
+    """One panel per pool exclusion under the primary (choosable) definition, and one under the
+    secondary all-items definition without exclusion: FN rate vs K share (top-K, error bars = 95% CI
+    over replicates), argmax dashed and random dotted with their CI bands, one colour per exposure."""
+    exclusions = list(results["exclusions"])
+    panels = [(PRIMARY_DEFINITION, name) for name in exclusions] + [(ABOVE, exclusions[0])]
+    objective = results["settings"]["objectives"][0]
+    variants = [v for v in variant_levels(results).values() if v["kind"] == DPO and v["objective"] == objective]
+    width, height = PANEL_SIZE
+    figure = Figure(figsize=(len(panels) * width, height), layout="constrained")
+    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    exposures = sorted({v["exposure"] for v in variants})
+    colors = {exposure: f"C{index}" for index, exposure in enumerate(exposures)}
+    shares = sorted({v["k_share"] for v in variants if v["k_share"] is not None})
+    for axis, (definition, exclusion) in zip(axes, panels):
+        for exposure in exposures:
+            rows = [v for v in variants if v["exposure"] == exposure and v["exclusion"] == exclusion]
+            top_k = sorted((v for v in rows if v["strategy"] == "topk_uniform"), key=lambda v: v["k_share"])
+            if top_k:
+                means, errors = _errorbars([v["measures"][definition] for v in top_k])
+                axis.errorbar([v["k_share"] for v in top_k], means, yerr=errors, marker="o", capsize=3,
+                              color=colors[exposure], label=f"top-K, exposure {exposure:g}")
+            for strategy, style in (("argmax", "--"), ("random", ":")):
+                for v in rows:
+                    if v["strategy"] == strategy:
+                        level = v["measures"][definition]
+                        axis.axhline(level["mean"], color=colors[exposure], linestyle=style, linewidth=1,
+                                     label=f"{strategy}, exposure {exposure:g}")
+                        if level["ci95_seed"] is not None:
+                            axis.axhspan(*level["ci95_seed"], color=colors[exposure], alpha=0.12, linewidth=0)
+        if shares:
+            axis.set_xscale("log")
+            axis.set_xticks(shares, [f"{share:.2%}" for share in shares])
+            axis.set_xticks([], minor=True)  # no log-scale minor labels between the shares
+        axis.set_xlabel("K share of the catalog (top-K pool)")
+        reading = "choosable items" if definition == PRIMARY_DEFINITION else ALL_ITEMS_LABEL
+        axis.set_title(f"{results['exclusions'][exclusion]['label']};\n{reading}", fontsize="small")
+    axes[0].set_ylabel("FN rate of sampled losers (above chosen)")
+    axes[0].legend(fontsize="x-small")
+    figure.suptitle(f"Sampled losers truly above the chosen item (objective {objective}, last stage-2 epoch; "
+                    "error bars, bands: 95% CI over worlds × seeds)", fontsize="medium")
     return figure
+
+
+def _errorbars(levels: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[list[float]] | None]:
+    """Means and asymmetric (below, above) errors from the CIs; None when any CI is unavailable."""
+    means = [level["mean"] for level in levels]
+    if any(level["ci95_seed"] is None for level in levels):
+        return means, None
+    return means, [[max(m - level["ci95_seed"][0], 0.0) for m, level in zip(means, levels)],
+                   [max(level["ci95_seed"][1] - m, 0.0) for m, level in zip(means, levels)]]
