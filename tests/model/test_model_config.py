@@ -24,5 +24,6 @@ def test_bad_numbers_are_refused_by_name(field, value, message):
 
 
 def test_numbers_from_the_data_pass():
-    config = ModelConfig(n_items=np.int64(10), modalities=("id",), time_min=np.int64(1_500_000_000), time_max=1_600_000_000)
+    config = ModelConfig(n_items=np.int64(10), modalities=("id",), time_min=np.int64(1_500_000_000),
+                         time_max=1_600_000_000)
     assert config.n_items == 10

@@ -7,7 +7,8 @@ interrupted run resumes where it stopped and a finished run is reused.
 
 Distributed (torch.distributed, DDP): `world_size=N` starts N local ranks from here (this process
 is rank 0); under torchrun the ranks are torchrun's. Every rank trains its share of each global
-batch; rank 0 alone writes checkpoints and returns the model.
+batch; rank 0 alone writes checkpoints and returns the model. Rank 0 holds the run folder's writer
+lock for the whole run (checkpoints.RunLock): a second process training the same run is refused.
 """
 
 from __future__ import annotations
