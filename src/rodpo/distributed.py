@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,12 +23,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rodpo.devices import configure_torch_threads
+from rodpo.devices import configure_torch_threads, usable_cores
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 600.0
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# Set to 1 to start more local CPU ranks than usable cores (each rank still gets one thread).
+OVERSUBSCRIBE_VARIABLE = "RODPO_ALLOW_OVERSUBSCRIBE"
 
 
 class DistributedError(RuntimeError):
@@ -82,7 +85,9 @@ def rank_device(requested: str, context: DistributedContext) -> str:
 
 
 def check_world_size(world_size: Any, device: str, parameter: str = "world_size") -> int:
-    """A clear error for a world size this machine cannot run (GPUs are one per rank)."""
+    """A clear error, before any process starts, for a world size this machine cannot run: GPUs are
+    one per rank; CPU (gloo) ranks at most one per usable core (`rodpo.devices.usable_cores`, the
+    count the thread defaults share out) unless RODPO_ALLOW_OVERSUBSCRIBE=1."""
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"{parameter}={world_size!r}: use a positive integer (1 = no distributed training).")
     uses_cuda = device.strip().lower() in ("auto", "cuda") and torch.cuda.is_available() or device.startswith("cuda")
@@ -92,6 +97,12 @@ def check_world_size(world_size: Any, device: str, parameter: str = "world_size"
     if device.startswith("cuda:") and world_size > 1:
         raise ValueError(f"{parameter}={world_size} with device={device!r}: each rank takes its own GPU; "
                          "use device=auto or cuda.")
+    cores = usable_cores()
+    if not uses_cuda and world_size > cores and os.environ.get(OVERSUBSCRIBE_VARIABLE, "").strip() != "1":
+        raise ValueError(f"{parameter}={world_size} CPU processes but this process may use {cores} core(s) "
+                         f"(affinity and cgroup quota): every rank is a process with its own copy of torch and the "
+                         f"data, so more ranks than cores only wait on each other. Use {parameter} <= {cores}, "
+                         f"or set {OVERSUBSCRIBE_VARIABLE}=1 to start them anyway.")
     return world_size
 
 
@@ -106,17 +117,46 @@ def _free_local_port() -> int:
 
 
 def init_process_group(rank: int, world_size: int, backend: str, *, address: str, port: int,
-                       timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-    """Join the group at address:port; an unreachable rendezvous becomes an error naming it."""
+                       timeout_s: float = DEFAULT_TIMEOUT_S, local: bool = False) -> None:
+    """Join the group at address:port; an unreachable rendezvous becomes an error naming it, and how
+    many ranks joined when torch says so. `local`: every rank is a process of this machine."""
     try:
         dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
     except Exception as error:  # noqa: BLE001 - torch raises several types here
+        _forget_failed_group()
         raise DistributedError(
             f"rank {rank}/{world_size}: could not join the process group at {address}:{port} with {backend} "
-            f"within {timeout_s:.0f} s ({type(error).__name__}: {error}). Check MASTER_ADDR/MASTER_PORT (torchrun "
-            "--rdzv-endpoint / --master-addr), that every rank can reach it, and that all ranks started."
+            f"within {timeout_s:.0f} s ({type(error).__name__}: {error}).{_joined(error)} "
+            + _rendezvous_advice(world_size, local)
         ) from error
+
+
+def _forget_failed_group() -> None:
+    """torch names the default group by a per-process counter that a failed init still advances; a
+    later init in this process (a retry, a notebook) would then wait on keys fresh workers never write."""
+    world = getattr(dist.distributed_c10d, "_world", None)
+    if world is not None and not dist.is_initialized() and hasattr(world, "group_count"):
+        world.group_count = 0
+
+
+def _joined(error: Exception) -> str:
+    """How many ranks reached rank 0's store, from torch's timeout message ("3/40 clients joined")."""
+    found = re.search(r"(\d+)/(\d+) clients joined", str(error))
+    return f" Only {found[1]} of {found[2]} ranks joined." if found else ""
+
+
+def _rendezvous_advice(world_size: int, local: bool) -> str:
+    if not local:
+        return ("Check MASTER_ADDR/MASTER_PORT (torchrun --rdzv-endpoint / --master-addr), that every rank can "
+                "reach it, and that all ranks started.")
+    cores = usable_cores()
+    if world_size > cores:
+        return (f"The ranks are local processes, {world_size} of them on {cores} usable core(s): too many local "
+                f"ranks to start within the timeout; lower world_size to <= {cores} (or unset "
+                f"{OVERSUBSCRIBE_VARIABLE}).")
+    return ("The ranks are local processes: one that did not join failed to start (see its log above), or the "
+            "machine is too busy to start them in time; lower world_size or raise dist_timeout_s.")
 
 
 def init_from_torchrun(backend: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistributedContext:
@@ -133,7 +173,7 @@ def _worker_main(rank: int, world_size: int, backend: str, port: int, timeout_s:
     """Entry point of a spawned worker (rank >= 1): join, run, say it finished, leave."""
     configure_torch_threads("auto", processes=world_size)
     os.environ["LOCAL_RANK"] = str(rank)
-    init_process_group(rank, world_size, backend, address="127.0.0.1", port=port, timeout_s=timeout_s)
+    init_process_group(rank, world_size, backend, address="127.0.0.1", port=port, timeout_s=timeout_s, local=True)
     try:
         function(DistributedContext(rank, world_size, rank), *arguments)
         if finished is not None:
@@ -168,7 +208,8 @@ def launch_local(function: Callable[..., Any], world_size: int, arguments: tuple
     configure_torch_threads("auto", processes=world_size)
     os.environ["LOCAL_RANK"] = "0"
     try:
-        init_process_group(0, world_size, backend, address="127.0.0.1", port=port, timeout_s=timeout_s)
+        init_process_group(0, world_size, backend, address="127.0.0.1", port=port, timeout_s=timeout_s,
+                           local=True)
         try:
             result = function(DistributedContext(0, world_size, 0), *arguments)
         finally:
@@ -204,6 +245,14 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.T
     if context.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_ranks_ok(ok: bool, context: DistributedContext, device: torch.device | str = "cpu") -> bool:
+    """Whether `ok` holds on every rank (collective: every rank calls it; `device`: the backend's)."""
+    if not context.enabled:
+        return ok
+    failed = all_reduce_sum(torch.tensor([0.0 if ok else 1.0], device=device), context)
+    return float(failed.item()) == 0.0
 
 
 def all_gather_rows(rows: torch.Tensor, context: DistributedContext) -> list[torch.Tensor]:

@@ -180,7 +180,7 @@ def test_apply_overrides_sets_nested_values_on_a_copy():
     ({"rodpo.dpo.kk": 10}, "rodpo has no setting 'dpo.kk'"),
     ({"optimizer.lr": 0.1}, "must start with one of"),
     ({"rodpo.seed": 3}, "seeds come from"),
-    ({"rodpo.eval_batch_size": 3}, "not part of a training run's checkpoint key"),
+    ({"rodpo.eval_batch_size": 512}, "not part of a training run's checkpoint key"),
     ({"rodpo.stage": "warmup"}, "stage is fixed"),
     ({"warmup.dpo.k": 3}, "no effect in the warm-up stage"),
     ({"model.n_items": 3}, "model has no setting 'n_items'"),

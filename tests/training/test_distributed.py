@@ -15,7 +15,15 @@ import multiprocessing
 import pytest
 import torch
 
-from rodpo.distributed import DistributedError, check_world_size, init_process_group
+import rodpo.distributed
+from rodpo.distributed import (
+    OVERSUBSCRIBE_VARIABLE,
+    DistributedError,
+    _free_local_port,
+    check_world_size,
+    init_process_group,
+    launch_local,
+)
 from rodpo.training.checkpoints import STATE_FILE
 from rodpo.training.trainer import TrainConfig, train
 
@@ -23,6 +31,12 @@ pytestmark = pytest.mark.slow
 
 FAST = dict(batch_size=16, progress_bar=False, eval_batch_size=64, device="cpu", lr=5e-3)
 WEIGHT_ATOL = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def _two_ranks_even_on_one_core(monkeypatch):
+    """These tests run 2 gloo ranks on any machine, a 1-core one included (the core limit is tested below)."""
+    monkeypatch.setenv(OVERSUBSCRIBE_VARIABLE, "1")
 
 
 def _deterministic_model(make_model):
@@ -100,3 +114,47 @@ def test_world_sizes_the_machine_cannot_run_are_refused(monkeypatch):
 def test_an_unreachable_rendezvous_names_the_address():
     with pytest.raises(DistributedError, match=r"127\.0\.0\.1:1 .*MASTER_ADDR"):
         init_process_group(1, 2, "gloo", address="127.0.0.1", port=1, timeout_s=2)
+
+
+def _no_spawning(*args, **kwargs):
+    raise AssertionError("a worker process was about to start")
+
+
+def test_a_world_size_above_the_cores_is_refused_at_once_before_any_worker_starts(planted_data, make_model,
+                                                                                    monkeypatch):
+    monkeypatch.delenv(OVERSUBSCRIBE_VARIABLE)
+    monkeypatch.setattr(rodpo.distributed, "usable_cores", lambda: 2)
+    monkeypatch.setattr(rodpo.distributed.mp, "get_context", _no_spawning)
+    started = time.perf_counter()
+    with pytest.raises(ValueError) as error:
+        train(make_model(), planted_data, TrainConfig(epochs=1, world_size=3, **FAST))
+    assert time.perf_counter() - started < 5
+    assert not multiprocessing.active_children()
+    message = str(error.value)
+    assert message.startswith("warmup.world_size=3 CPU processes but this process may use 2 core(s)")
+    assert "Use warmup.world_size <= 2" in message and f"{OVERSUBSCRIBE_VARIABLE}=1" in message
+
+
+def test_the_override_allows_more_cpu_ranks_than_cores(monkeypatch):
+    monkeypatch.setattr(rodpo.distributed, "usable_cores", lambda: 2)
+    assert check_world_size(3, "cpu") == 3  # the autouse fixture set the override
+    monkeypatch.setenv(OVERSUBSCRIBE_VARIABLE, "0")
+    with pytest.raises(ValueError, match=r"world_size=3 CPU processes"):
+        check_world_size(3, "cpu")
+    assert check_world_size(2, "cpu") == 2
+
+
+def test_a_local_rendezvous_that_times_out_says_how_many_ranks_joined(monkeypatch):
+    monkeypatch.setattr(rodpo.distributed, "usable_cores", lambda: 2)
+    with pytest.raises(DistributedError) as error:  # rank 0 alone of 3: the other two never start
+        init_process_group(0, 3, "gloo", address="127.0.0.1", port=_free_local_port(), timeout_s=1, local=True)
+    message = str(error.value)
+    assert "Only 1 of 3 ranks joined" in message and "3 of them on 2 usable core(s): too many local ranks" in message
+    assert "MASTER_ADDR" not in message
+    # torch's group counter, advanced by the failed init, is reset: a retry in this process meets its workers
+    assert launch_local(_rank_of, 2, (), backend="gloo", timeout_s=60) == 0
+
+
+def _rank_of(context) -> int:
+    rodpo.distributed.barrier(context)  # every rank is in the group before any leaves it
+    return context.rank

@@ -1,12 +1,14 @@
 import json
 import logging
 import math
+import multiprocessing
 
 import pytest
 import torch
 
 from rodpo.ranking import evaluate_model
-from rodpo.training.trainer import DPOConfig, TrainConfig, _set_policy_mode, _Stage, train
+from rodpo.training.checkpoints import LOCK_FILE, STATE_FILE, RunCheckpoint, RunInProgressError, RunLock
+from rodpo.training.trainer import DPOConfig, TrainConfig, _set_policy_mode, _Stage, run_directory, train
 
 FAST = dict(batch_size=32, progress_bar=False, eval_batch_size=256)
 
@@ -51,11 +53,31 @@ def test_first_dpo_step_starts_at_ln2_only_without_policy_dropout(planted_data, 
         assert (dpo_loss == pytest.approx(math.log(2), abs=1e-5)) == expect_ln2
 
 
-def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(planted_data, make_model, tmp_path, caplog):
+def _interrupt_at_epoch(monkeypatch, stop_epoch: int) -> None:
+    """Stage.train_epoch raises KeyboardInterrupt (a Ctrl-C) when it reaches `stop_epoch`."""
+    real_epoch = _Stage.train_epoch
+
+    def train_epoch(stage, epoch, run_dir):
+        if epoch == stop_epoch:
+            raise KeyboardInterrupt
+        return real_epoch(stage, epoch, run_dir)
+
+    monkeypatch.setattr(_Stage, "train_epoch", train_epoch)
+
+
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(planted_data, make_model, tmp_path, caplog,
+                                                                  monkeypatch):
     torch.manual_seed(0)
     model = make_model()
     config = dict(lr=5e-3, checkpoint_dir=str(tmp_path), **FAST)
-    _, first = train(model, planted_data, TrainConfig(epochs=2, **config))
+    with monkeypatch.context() as patch:  # Ctrl-C during epoch 3 of 4
+        _interrupt_at_epoch(patch, stop_epoch=3)
+        with pytest.raises(KeyboardInterrupt):
+            train(model, planted_data, TrainConfig(epochs=4, **config))
+    (run_dir,) = tmp_path.iterdir()
+    assert not (run_dir / LOCK_FILE).exists()  # the interrupted writer let go of its run
+    first = RunCheckpoint(run_dir).load_state()["history"]
+    assert [entry["epoch"] for entry in first] == [1, 2]
     with caplog.at_level(logging.INFO, logger="rodpo.training"):
         resumed, history = train(model, planted_data, TrainConfig(epochs=4, **config))
     assert "from epoch 3" in caplog.text
@@ -78,6 +100,16 @@ def test_changed_config_starts_a_fresh_run(planted_data, make_model, tmp_path):
     train(model, planted_data, TrainConfig(epochs=1, checkpoint_dir=str(tmp_path), **FAST))
     train(model, planted_data, TrainConfig(epochs=1, lr=1e-2, checkpoint_dir=str(tmp_path), **FAST))
     assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
+
+
+def test_different_epoch_budgets_get_different_run_directories(planted_data, make_model, tmp_path):
+    """A finished 1-epoch run is not the 2-epoch one (nor one with another patience): no shared folder."""
+    model = make_model()
+    budgets = ((1, 10), (2, 10), (2, 3))
+    folders = {run_directory(model, planted_data, TrainConfig(epochs=epochs, patience=patience,
+                                                              checkpoint_dir=str(tmp_path), **FAST))
+               for epochs, patience in budgets}
+    assert len(folders) == len(budgets)
 
 
 def test_changed_item_features_start_a_fresh_run(planted_data, make_model, tmp_path, caplog):
@@ -172,7 +204,10 @@ def test_stage2_whose_every_epoch_worsens_validation_returns_the_warmups_weights
     ascent = stage_module.chunked_cross_entropy
     monkeypatch.setattr(stage_module, "chunked_cross_entropy", lambda *args, **kwargs: -ascent(*args, **kwargs))
     config = dict(stage="dpo", lr=5e-3, checkpoint_dir=str(tmp_path), dpo=DPOConfig(k=5), **FAST)
-    train(warm, planted_data, TrainConfig(epochs=1, **config))  # interrupted after epoch 1 ...
+    with monkeypatch.context() as patch:  # interrupted during epoch 2 ...
+        _interrupt_at_epoch(patch, stop_epoch=2)
+        with pytest.raises(KeyboardInterrupt):
+            train(warm, planted_data, TrainConfig(epochs=3, **config))
     with caplog.at_level(logging.INFO, logger="rodpo.training"):
         kept, history = train(warm, planted_data, TrainConfig(epochs=3, **config))  # ... and resumed
     assert "from epoch 2" in caplog.text and "best epoch 0" in caplog.text
@@ -257,3 +292,67 @@ def test_stage2_leaves_the_item_before_each_target_out_of_the_pool_with_earlier_
         stage.step_losses(*batch)
         hits[mode] = int((seen[0]["losers"] == seen[0]["last_items"][:, None]).sum())
     assert hits["none"] > 0 and hits["earlier_items"] == 0
+
+
+def test_a_top_k_pool_larger_than_the_catalog_is_capped_with_a_warning(planted_data, make_model, caplog):
+    config = TrainConfig(stage="dpo", device="cpu", dpo=DPOConfig(k=100_000), **FAST)
+    with caplog.at_level(logging.WARNING, logger="rodpo.training"):
+        stage = _Stage(make_model(), planted_data, config, None)
+    assert stage.pool_k == planted_data.n_items - 1  # every item but the positive
+    assert "rodpo.dpo.k=100000 is more than the 19 items" in caplog.text and "capped at 19" in caplog.text
+    batch = (torch.from_numpy(planted_data.train.items[:8]), torch.from_numpy(planted_data.train.timestamps[:8]))
+    assert torch.isfinite(stage.step_losses(*batch)["loss"])
+    caplog.clear()
+    assert _Stage(make_model(), planted_data, TrainConfig(stage="dpo", device="cpu", dpo=DPOConfig(k=5), **FAST),
+                  None).pool_k == 5
+    assert "capped" not in caplog.text
+    with pytest.raises(ValueError, match=r"rodpo\.dpo\.n_negatives=25: the catalog has 20 items"):
+        _Stage(make_model(), planted_data, TrainConfig(stage="dpo", device="cpu", dpo=DPOConfig(
+            k=100, objective="sdpo", n_negatives=25), **FAST), None)
+
+
+@pytest.mark.parametrize(("dpo", "named"), [
+    (DPOConfig(beta=100.0), "rodpo.dpo.beta=100.0 (|beta| > 50)"),
+    (DPOConfig(lambda_dpo=1000.0), "rodpo.dpo.lambda_dpo=1000.0 (|lambda_dpo| > 100)"),
+    (DPOConfig(objective="simpo", gamma=-80.0), "rodpo.dpo.gamma=-80.0 (|gamma| > 50)"),
+    (DPOConfig(), None),
+])
+def test_a_nan_loss_names_extreme_preference_parameters(planted_data, make_model, dpo, named):
+    stage = _Stage(make_model(), planted_data, TrainConfig(stage="dpo", device="cpu", dpo=dpo, **FAST), None)
+    losses = {"loss": torch.tensor(float("nan")), "ce_loss": torch.tensor(1.0), "dpo_loss": torch.tensor(float("nan")),
+              "n_targets": 1}
+    with pytest.raises(FloatingPointError) as error:
+        stage.check_finite(losses, epoch=1, step=3, run_dir=None)
+    message = str(error.value)
+    assert "lr=" in message  # the learning rate stays a suspect
+    if named:
+        assert f"extreme preference parameters: {named}" in message
+    else:
+        assert "extreme" not in message
+
+
+def _hold_run_lock(directory, locked, release) -> None:
+    """Child process: another `kedro run` training this run."""
+    with RunLock(directory):
+        locked.set()
+        release.wait(120)
+
+
+def test_a_run_another_process_is_training_is_refused(planted_data, make_model, tmp_path):
+    model = make_model()
+    config = TrainConfig(epochs=1, checkpoint_dir=str(tmp_path), **FAST)
+    run_dir = run_directory(model, planted_data, config)
+    spawn = multiprocessing.get_context("spawn")
+    locked, release = spawn.Event(), spawn.Event()
+    other = spawn.Process(target=_hold_run_lock, args=(str(run_dir), locked, release))
+    other.start()
+    try:
+        assert locked.wait(120)
+        with pytest.raises(RunInProgressError, match=rf"run in progress \(pid {other.pid}, host "):
+            train(model, planted_data, config)
+        assert not (run_dir / STATE_FILE).exists()  # nothing written next to the other process
+    finally:
+        release.set()
+        other.join(120)
+    train(model, planted_data, config)  # the folder is free again
+    assert (run_dir / STATE_FILE).exists() and not (run_dir / LOCK_FILE).exists()

@@ -8,8 +8,25 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from rodpo.parameters import Number, check_numbers
+
 MODALITIES = ("id", "text", "image")
 MOE_MODES = ("sparse", "mlp", "none")
+_SIZE = Number(int, at_least=1)
+_MODEL_NUMBERS = {
+    "n_items": Number(int, at_least=1, why="ids are 1..n_items"),
+    "hidden_size": _SIZE, "max_seq_len": _SIZE, "n_layers": _SIZE, "n_heads": _SIZE, "inner_size": _SIZE,
+    "hidden_dropout": Number(at_least=0, at_most=1), "attn_dropout": Number(at_least=0, at_most=1),
+    "layer_norm_eps": Number(above=0), "init_std": Number(above=0),
+    "text_dim": Number(int, at_least=1, optional=True), "image_dim": Number(int, at_least=1, optional=True),
+    "n_experts": _SIZE, "moe_top_k": _SIZE, "moe_noise_std": Number(at_least=0, why="0 = no gate noise"),
+    "moe_aux_weight": Number(at_least=0),
+    "temporal": Number(bool),
+    "n_gap_buckets": Number(int, at_least=2, why="bucket 0 is padding"),
+    "n_time_buckets": Number(int, at_least=2, why="bucket 0 is padding"),
+    "time_min": Number(int, optional=True), "time_max": Number(int, optional=True),
+    "n_temporal_experts": _SIZE,
+}
 
 
 @dataclass(frozen=True)
@@ -49,8 +66,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modalities", tuple(self.modalities))
-        if self.n_items < 1:
-            raise ValueError(f"ModelConfig.n_items={self.n_items}: need at least one item (ids 1..n_items).")
+        check_numbers("model", self, _MODEL_NUMBERS)
         unknown = set(self.modalities) - set(MODALITIES)
         if unknown or not self.modalities or len(set(self.modalities)) != len(self.modalities):
             raise ValueError(
@@ -72,8 +88,6 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig: hidden_size={self.hidden_size} is not divisible by n_heads={self.n_heads}."
             )
-        if self.temporal and (self.n_gap_buckets < 2 or self.n_time_buckets < 2):
-            raise ValueError("ModelConfig: n_gap_buckets and n_time_buckets need >= 2 (bucket 0 is padding).")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain json-ready dict (tuples become lists)."""

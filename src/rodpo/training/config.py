@@ -6,6 +6,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rodpo.parameters import Number, check_number, check_numbers
 from rodpo.training.dpo import NEGATIVE_STRATEGIES, POOL_EXCLUSIONS
 from rodpo.training.objectives import OBJECTIVES, REFERENCE_FREE, validate_objective_config
 
@@ -16,9 +17,37 @@ VALID_KS = (5, 10, 20)
 DEFAULT_EVAL_BATCH_SIZE = 2048
 # Fields that change neither the optimisation trajectory nor the result of an epoch beyond float
 # rounding: a rerun that only changes these resumes the same run (e.g. another chunk size). The
-# epoch budget (epochs, patience) is in the key: a finished 15-epoch run is not a 50-epoch one.
-_NOT_IN_RUN_KEY = ("device", "eval_batch_size", "checkpoint_dir", "progress_bar",
-                   "score_chunk_items", "dist_timeout_s")
+# budget (epochs, patience) is in the key: it decides when a run is finished, so runs with
+# different budgets never share a folder (a finished 5-epoch run is not the 10-epoch one).
+_NOT_IN_RUN_KEY = ("device", "eval_batch_size", "checkpoint_dir", "progress_bar", "score_chunk_items",
+                   "dist_timeout_s")
+# The parameter block each stage is read from (conf/base/parameters_<block>.yml): names in errors.
+PARAMETER_BLOCKS = {"warmup": "warmup", "dpo": "rodpo"}
+_DPO_NUMBERS = {
+    "beta": Number(above=0, why="β <= 0 removes or inverts the preference"),
+    "k": Number(int, at_least=1, why="the top-K pool needs at least one item"),
+    "lambda_dpo": Number(at_least=0, why="λ < 0 maximises L_DPO, i.e. trains against the preference "
+                                          "(λ = 0 is the CE-only control)"),
+    "gamma": Number(),
+    "n_negatives": Number(int, at_least=1, why="each row needs at least one loser"),
+    "exclude_history": Number(bool),
+    "policy_dropout_in_dpo": Number(bool),
+}
+_TRAIN_NUMBERS = {
+    "epochs": Number(int, at_least=0),
+    "batch_size": Number(int, at_least=1),
+    "encoder_chunks": Number(int, at_least=1),
+    "lr": Number(above=0, why="Adam takes no step at lr = 0 and climbs the loss below it"),
+    "weight_decay": Number(at_least=0),
+    "grad_clip": Number(at_least=0, why="0 disables clipping"),
+    "seed": Number(int),
+    "patience": Number(int, at_least=1),
+    "eval_every": Number(int, at_least=1),
+    "eval_batch_size": Number(int, at_least=1),
+    "progress_bar": Number(bool),
+    "world_size": Number(int, at_least=1, why="1 = one process"),
+    "dist_timeout_s": Number(above=0),
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +77,7 @@ class DPOConfig:
     reference: str = "model"
 
     def __post_init__(self) -> None:
+        check_numbers("rodpo.dpo", self, _DPO_NUMBERS)
         if self.exclude_history:
             if self.exclude_from_pool not in ("none", "window_items"):
                 raise ValueError(f"rodpo.dpo.exclude_history=true with rodpo.dpo.exclude_from_pool="
@@ -64,8 +94,6 @@ class DPOConfig:
         if self.negative_strategy not in NEGATIVE_STRATEGIES:
             raise ValueError(f"rodpo.dpo.negative_strategy={self.negative_strategy!r}: expected one of "
                              f"{NEGATIVE_STRATEGIES}.")
-        if self.k < 1:
-            raise ValueError(f"rodpo.dpo.k={self.k}: the top-K pool needs at least one item.")
         if self.reference not in REFERENCES:
             raise ValueError(f"rodpo.dpo.reference={self.reference!r}: expected one of {REFERENCES}.")
         if self.objective not in OBJECTIVES:
@@ -118,17 +146,13 @@ class TrainConfig:
         valid_metrics = {f"{name}@{k}" for name in ("ndcg", "mrr", "hit") for k in VALID_KS}
         if self.valid_metric not in valid_metrics:
             raise ValueError(f"TrainConfig.valid_metric={self.valid_metric!r}: expected one of {sorted(valid_metrics)}.")
-        positive = (self.batch_size, self.encoder_chunks, self.eval_every, self.patience)
-        if self.epochs < 0 or min(positive) < 1:
-            raise ValueError(f"TrainConfig: need epochs={self.epochs} >= 0 and batch_size, encoder_chunks, "
-                             f"eval_every, patience = {positive} all >= 1.")
-        chunk = self.score_chunk_items
-        if chunk != "auto" and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-            raise ValueError(f"{self.stage}.score_chunk_items={chunk!r}: use 'auto' or a positive number of items.")
-        if isinstance(self.world_size, bool) or not isinstance(self.world_size, int) or self.world_size < 1:
-            raise ValueError(f"{self.stage}.world_size={self.world_size!r}: use a positive integer (1 = one process).")
+        block = PARAMETER_BLOCKS[self.stage]
+        check_numbers(block, self, _TRAIN_NUMBERS)
+        if self.score_chunk_items != "auto":
+            check_number(f"{block}.score_chunk_items", self.score_chunk_items,
+                         Number(int, at_least=1, why="use 'auto' or a positive number of items"))
         if self.batch_size < self.world_size:
-            raise ValueError(f"{self.stage}.batch_size={self.batch_size} < world_size={self.world_size}: every "
+            raise ValueError(f"{block}.batch_size={self.batch_size} < world_size={self.world_size}: every "
                              "rank needs at least one sequence per step.")
 
     def to_dict(self) -> dict[str, Any]:

@@ -40,6 +40,9 @@ logger = logging.getLogger("rodpo.training")
 # the chosen y_w (N,) and the losers y_l (N, M).
 PairMonitor = Callable[..., None]
 RANK_SEED_STRIDE = 1_000_003  # per-rank random streams: seed + stride * rank
+# Above these, a NaN/inf loss is blamed on the preference term first: β scales the DPO margin
+# inside a sigmoid, λ scales its gradient against CE's, γ shifts SimPO's margin.
+EXTREME_PREFERENCE = {"beta": 50.0, "lambda_dpo": 100.0, "gamma": 50.0}
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -163,11 +166,27 @@ class Stage:
         self.train_items = torch.from_numpy(data.train.items).to(self.device)
         self.train_timestamps = torch.from_numpy(data.train.timestamps).to(self.device)
         self.aux_weight = getattr(getattr(model, "config", None), "moe_aux_weight", 0.0)
+        self.pool_k = self._pool_size(data.n_items) if self.is_dpo else None
         self.reference = None
         if self.is_dpo and config.dpo.uses_reference:
             sft = reference_model if reference_model is not None else model
             self.reference = ReferenceScorer(sft, self.train_items, self.train_timestamps, config.dpo.reference,
                                              config.encoder_chunks, self.autocast)
+
+    def _pool_size(self, n_items: int) -> int:
+        """rodpo.dpo.k, capped at the items a loser can come from (the catalog minus the positive): a
+        larger K only costs time, the pool being the whole catalog either way."""
+        dpo, candidates = self.config.dpo, max(n_items - 1, 1)
+        if dpo.k <= candidates:
+            return dpo.k
+        if dpo.negative_strategy == "topk_uniform" and dpo.n_negatives > candidates:
+            raise ValueError(f"rodpo.dpo.n_negatives={dpo.n_negatives}: the catalog has {n_items} items, so at most "
+                             f"{candidates} distinct losers per target; lower rodpo.dpo.n_negatives.")
+        if dpo.negative_strategy == "topk_uniform" and self.context.is_writer:
+            logger.warning("rodpo.dpo.k=%d is more than the %d items a loser can come from (%d in the catalog, "
+                           "minus the positive): the top-K pool is capped at %d.", dpo.k, candidates, n_items,
+                           candidates)
+        return candidates
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
@@ -238,7 +257,7 @@ class Stage:
         """Per-target preference losses (N,) and their diagnostics (sums over targets)."""
         dpo = self.config.dpo
         exclude_ids = pool_exclusions(items, is_target, dpo.exclude_from_pool)  # (N, L + 1) or None
-        sampled_negative = sample_negatives(target_states, table, positive_item, dpo.negative_strategy, dpo.k,
+        sampled_negative = sample_negatives(target_states, table, positive_item, dpo.negative_strategy, self.pool_k,
                                             self.sample_generator, exclude_ids=exclude_ids,
                                             n_negatives=dpo.n_negatives,
                                             chunk_items=self.config.score_chunk_items)  # (N, M)
@@ -270,9 +289,14 @@ class Stage:
                           for name in ("ce_loss", "dpo_loss", "aux_loss") if name in losses)
         has_best = run_dir is not None and (run_dir / BEST_WEIGHTS).exists()
         kept = f"; the best checkpoint in {run_dir} was not overwritten" if has_best else "; nothing was saved"
+        dpo = self.config.dpo
+        extreme = [f"rodpo.dpo.{name}={getattr(dpo, name)} (|{name}| > {limit:g})"
+                   for name, limit in EXTREME_PREFERENCE.items() if self.is_dpo and abs(getattr(dpo, name)) > limit]
+        preference = (f"extreme preference parameters: {', '.join(extreme)}; β, λ and γ scale the DPO margin and "
+                      "its gradient (defaults: β = 1, λ = 1, γ = 0), try values near those; " if extreme else "")
         raise FloatingPointError(
             f"{self.config.stage} stage, epoch {epoch}, step {step}: loss is {value} ({parts}). Likely causes: "
-            f"learning rate too high (lr={self.config.lr}; try 10x lower), half-precision overflow "
+            f"{preference}learning rate too high (lr={self.config.lr}; try 10x lower), half-precision overflow "
             f"(precision={self.config.precision}; try 'fp32'), or NaN/inf in the item features{kept}."
         )
 

@@ -9,14 +9,17 @@ reused.
 
 Distributed (torch.distributed, DDP): `world_size=N` starts N local ranks from here (this process
 is rank 0); under torchrun the ranks are torchrun's. Every rank trains its share of each global
-batch; rank 0 alone writes checkpoints and returns the model.
+batch; rank 0 alone writes checkpoints and returns the model. Rank 0 holds the run folder's writer
+lock for the whole run (checkpoints.RunLock): a second process training the same run is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from torch import nn
 from rodpo.distributed import (
     SINGLE_PROCESS,
     DistributedContext,
+    all_ranks_ok,
     backend_for,
     barrier,
     check_world_size,
@@ -34,7 +38,14 @@ from rodpo.distributed import (
 )
 from rodpo.lineage import features_fingerprint
 from rodpo.sequences import SequenceData
-from rodpo.training.checkpoints import RunCheckpoint, run_key, state_fingerprint, weights_copy
+from rodpo.training.checkpoints import (
+    RunCheckpoint,
+    RunInProgressError,
+    RunLock,
+    run_key,
+    state_fingerprint,
+    weights_copy,
+)
 from rodpo.training.config import DPOConfig, TrainConfig  # noqa: F401 - the trainer's public settings
 from rodpo.training.stage import PairMonitor, Stage, _set_policy_mode  # noqa: F401 - tests reach the stage through here
 
@@ -105,8 +116,33 @@ def train_on_rank(context: DistributedContext, model: nn.Module, data: SequenceD
                   pair_monitor: PairMonitor | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
     """The training loop of one rank (the whole run when `context` is the single process)."""
     stage = Stage(model, data, config, reference_model, context, pair_monitor)
-    policy, valid_metric = stage.policy, config.valid_metric
     run_dir = run_directory(model, data, config)
+    with _writer_lock(run_dir, context, stage):
+        return _train_epochs(context, stage, config, run_dir)
+
+
+@contextlib.contextmanager
+def _writer_lock(run_dir: Path | None, context: DistributedContext, stage: Stage) -> Iterator[None]:
+    """Rank 0 (the writer) holds the run folder's lock for the whole run; if it cannot, every rank stops."""
+    lock, refused = None, None
+    if run_dir is not None and context.is_writer:
+        try:
+            lock = RunLock(run_dir).acquire()
+        except RunInProgressError as error:
+            refused = error
+    if run_dir is not None and not all_ranks_ok(refused is None, context, stage._collective_device):
+        raise refused or RunInProgressError(f"rank 0 could not lock {run_dir}: another process trains this run.")
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_epochs(context: DistributedContext, stage: Stage, config: TrainConfig,
+                  run_dir: Path | None) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Epochs with early stopping, checkpointed in `run_dir` (resumed from it, or reused when finished)."""
+    policy, valid_metric = stage.policy, config.valid_metric
     checkpoint = RunCheckpoint(run_dir) if run_dir is not None else None
     writer = checkpoint if context.is_writer else None  # only rank 0 writes files
 
