@@ -17,6 +17,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from rodpo import scoring
+from rodpo.scoring import cross_entropy as scoring_cross_entropy
+from rodpo.scoring import ranks as scoring_ranks
 from rodpo.metrics import history_exclusion_mask
 from rodpo.metrics import target_ranks as dense_metric_ranks
 from rodpo.scoring import (
@@ -179,7 +181,7 @@ def test_backend_is_chunked_without_cuda_and_kernel_maps_padding_away():
     def fake_kernel(e, c, kernel_targets, reduction, impl):  # linear_cross_entropy's contract: CE of e @ c.T
         return F.cross_entropy(e @ c.T, kernel_targets, reduction=reduction)
 
-    torch.testing.assert_close(scoring._kernel_loss(fake_kernel, states, table, targets, "mean"),
+    torch.testing.assert_close(scoring_cross_entropy._kernel_loss(fake_kernel, states, table, targets, "mean"),
                                F.cross_entropy(dense_logits(states, table), targets))
 
 
@@ -323,10 +325,10 @@ def test_target_ranks_count_nan_against_the_target():
 def test_target_ranks_redo_the_count_when_the_target_score_differs_from_its_chunk(monkeypatch):
     states, table, targets, histories = integer_data()
     passes = []
-    count_beating, target_scores = scoring._count_beating, scoring._target_scores
-    monkeypatch.setattr(scoring, "_target_scores",  # off by one ulp: ties would be lost without the redo
+    count_beating, target_scores = scoring_ranks._count_beating, scoring_ranks._target_scores
+    monkeypatch.setattr(scoring_ranks, "_target_scores",  # off by one ulp: ties would be lost without the redo
                         lambda *args: torch.nextafter(target_scores(*args), torch.tensor(float("inf"))))
-    monkeypatch.setattr(scoring, "_count_beating", lambda *args: passes.append(1) or count_beating(*args))
+    monkeypatch.setattr(scoring_ranks, "_count_beating", lambda *args: passes.append(1) or count_beating(*args))
     expected = dense_metric_ranks(dense_logits(states, table), targets, history_exclusion_mask(histories, N_ITEMS))
     assert torch.equal(target_ranks(states, table, targets, exclude_ids=histories, chunk_items=5), expected)
     assert len(passes) == 2
@@ -375,11 +377,14 @@ def test_resolve_chunk_items_clamps_and_sizes_auto_from_the_budget():
 
 
 def test_scoring_core_imports_only_torch():
-    tree = ast.parse(Path(scoring.__file__).read_text())
-    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    top_level = {name.split(".")[0] for name in imported}
-    assert top_level - set(sys.stdlib_module_names) <= {"torch", "cut_cross_entropy"}  # no rodpo.* at all
+    imported = set()
+    for path in Path(scoring.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    outside = {name for name in imported if not name.startswith("rodpo.scoring")}  # its own modules only
+    top_level = {name.split(".")[0] for name in outside}
+    assert top_level - set(sys.stdlib_module_names) <= {"torch", "cut_cross_entropy"}  # no other rodpo.*
 
 
 def test_bad_ids_and_shapes_are_named():
