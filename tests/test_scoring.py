@@ -23,6 +23,7 @@ from rodpo.metrics import history_exclusion_mask
 from rodpo.metrics import target_ranks as dense_metric_ranks
 from rodpo.scoring import (
     chunked_cross_entropy,
+    cross_entropy_and_top_k,
     cross_entropy_backend,
     resolve_chunk_items,
     target_ranks,
@@ -216,6 +217,57 @@ def test_chunked_cross_entropy_never_materialises_dense_logits():
     with LargestOutput() as dense:  # the detector sees the dense logits when they exist
         F.cross_entropy(dense_logits(states, table), targets).backward()
     assert dense.largest >= n_rows * (n_items + 1)
+
+
+# -------------------------------------------------------------------------------- CE with the pool
+@pytest.mark.parametrize("chunk", CHUNKS)  # 3 and 7 do not divide 23
+@pytest.mark.parametrize("k", [1, 5, N_ITEMS + 3])
+def test_cross_entropy_and_top_k_equals_the_two_separate_passes_with_exact_ties(chunk, k):
+    states, table, targets, histories = integer_data()
+    for exclude_ids in (None, histories):
+        loss, pool_scores, pool_items = cross_entropy_and_top_k(states, table, targets, k, exclude_ids=exclude_ids,
+                                                                chunk_items=chunk, reduction="none")
+        separate = top_k_items(states, table, k, exclude_targets=targets, exclude_ids=exclude_ids, chunk_items=chunk)
+        assert torch.equal(pool_items, separate[1]) and torch.equal(pool_scores, separate[0])  # ids and tie order
+        expected = dense_top_k(states, table, k, exclusion_mask(N_ITEMS, exclude_ids, targets))
+        assert torch.equal(pool_items, expected[1])
+        assert torch.equal(loss, chunked_cross_entropy(states, table, targets, chunk_items=chunk, reduction="none"))
+        assert not (pool_items == targets[:, None]).any() and not (pool_items[pool_scores > NEG_INF] == 0).any()
+
+
+def test_cross_entropy_and_top_k_by_hand():
+    # one row, items 1..5 score 2, 3, 3, 1, 3; y_w = 3; item 2 excluded: pool = [5, 1, 4], argmax 5
+    table = torch.tensor([[10.0], [2.0], [3.0], [3.0], [1.0], [3.0]])
+    loss, scores, items = cross_entropy_and_top_k(torch.ones(1, 1), table, torch.tensor([3]), 4,
+                                                  exclude_ids=torch.tensor([[2, 0]]), chunk_items=2)
+    assert items.tolist() == [[5, 1, 4, 0]] and scores.tolist() == [[3.0, 2.0, 1.0, NEG_INF]]
+    expected = torch.logsumexp(table[1:, 0], 0) - 3.0
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 130, 300, 400])  # 130 (128 after alignment) does not divide 300
+def test_cross_entropy_and_top_k_keeps_value_and_gradients_of_the_plain_ce(chunk):
+    states, table, targets, histories = random_data()
+    got, expected = [], []
+    for fused, out in ((True, got), (False, expected)):
+        s, t = states.clone().requires_grad_(), table.clone().requires_grad_()
+        if fused:
+            loss, _, pool = cross_entropy_and_top_k(s, t, targets, 20, exclude_ids=histories, chunk_items=chunk)
+            separate = top_k_items(states, table, 20, exclude_targets=targets, exclude_ids=histories,
+                                   chunk_items=chunk)
+            assert torch.equal(pool, separate[1])
+        else:
+            loss = chunked_cross_entropy(s, t, targets, chunk_items=chunk)
+        loss.backward()
+        out.extend([loss.detach(), s.grad, t.grad])
+    for name, actual, reference in zip(("loss", "states", "table"), got, expected):
+        assert torch.equal(actual, reference), name
+
+
+def test_cross_entropy_and_top_k_refuses_a_bad_k():
+    states, table, targets, _ = integer_data()
+    with pytest.raises(ValueError, match="k=0: expected an integer >= 1"):
+        cross_entropy_and_top_k(states, table, targets, 0)
 
 
 # -------------------------------------------------------------------------------- top-K

@@ -3,7 +3,15 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from rodpo.training.dpo import frozen_reference, implicit_reward_stats, pool_exclusions, sample_negatives
+from rodpo.scoring import cross_entropy_and_top_k
+from rodpo.training.dpo import (
+    draw_negatives,
+    frozen_reference,
+    implicit_reward_stats,
+    pool_exclusions,
+    pool_size,
+    sample_negatives,
+)
 
 
 def test_implicit_reward_stats_are_sums_over_pairs():
@@ -94,6 +102,26 @@ def test_chunked_pools_do_not_depend_on_the_chunk_size():
     draws = [sample_negatives(states, table, positives, "topk_uniform", k=20, chunk_items=chunk,
                               generator=torch.Generator().manual_seed(7)) for chunk in (7, 64, 300)]
     assert all(torch.equal(draws[0], other) for other in draws[1:])
+
+
+@pytest.mark.parametrize("strategy", ["topk_uniform", "argmax", "random"])
+@pytest.mark.parametrize("chunk", [7, 64, 300])  # 7 and 64 do not divide the 300 items
+def test_losers_from_the_ce_pass_pool_equal_the_separate_sampler_for_the_same_seed(strategy, chunk):
+    torch.manual_seed(0)
+    states, table = torch.randn(64, 8), torch.randn(301, 8)
+    positives = torch.randint(1, 301, (64,))
+    history = torch.randint(0, 301, (64, 6))
+    m = 1 if strategy == "argmax" else 3
+    separate = sample_negatives(states, table, positives, strategy, k=20, chunk_items=chunk, exclude_ids=history,
+                                n_negatives=m, generator=torch.Generator().manual_seed(7))
+    pool = None
+    if pool_size(strategy, 20) is not None:
+        _, _, pool = cross_entropy_and_top_k(states, table, positives, pool_size(strategy, 20), exclude_ids=history,
+                                             chunk_items=chunk)
+    assert (pool is None) == (strategy == "random")  # random needs no scores
+    fused = draw_negatives(strategy, pool, positives, 300, torch.Generator().manual_seed(7), exclude_ids=history,
+                           n_negatives=m)
+    assert torch.equal(fused, separate)
 
 
 def test_unknown_strategy_is_rejected():

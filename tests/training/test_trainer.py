@@ -171,6 +171,13 @@ def test_stage2_whose_every_epoch_worsens_validation_returns_the_warmups_weights
     warm, _ = train(make_model(), planted_data, TrainConfig(epochs=3, lr=5e-3, **FAST))
     ascent = stage_module.chunked_cross_entropy
     monkeypatch.setattr(stage_module, "chunked_cross_entropy", lambda *args, **kwargs: -ascent(*args, **kwargs))
+    ascent_and_pool = stage_module.cross_entropy_and_top_k  # a DPO step's CE comes with its negative pool
+
+    def ascent_with_pool(*args, **kwargs):
+        loss, *pool = ascent_and_pool(*args, **kwargs)
+        return (-loss, *pool)
+
+    monkeypatch.setattr(stage_module, "cross_entropy_and_top_k", ascent_with_pool)
     config = dict(stage="dpo", lr=5e-3, checkpoint_dir=str(tmp_path), dpo=DPOConfig(k=5), **FAST)
     train(warm, planted_data, TrainConfig(epochs=1, **config))  # interrupted after epoch 1 ...
     with caplog.at_level(logging.INFO, logger="rodpo.training"):

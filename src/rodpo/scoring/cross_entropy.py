@@ -18,6 +18,7 @@ from rodpo.scoring.chunks import (
     _matmul_dtype,
     resolve_chunk_items,
 )
+from rodpo.scoring.top_k import TopKPool, top_k_items
 
 KERNEL_IMPL = "cce_exact"  # cut-cross-entropy without gradient filtering: the exact gradient
 REDUCTIONS = ("mean", "none")
@@ -48,6 +49,25 @@ def chunked_cross_entropy(states: torch.Tensor, table: torch.Tensor, targets: to
     a scalar, 'none' the (N,) per-row losses. backend 'auto' takes the cut-cross-entropy kernel on
     CUDA when installed (untested on hardware here), else the chunked autograd Function below.
     """
+    return _cross_entropy(states, table, targets, chunk_items, reduction, backend, None, None)[0]
+
+
+def cross_entropy_and_top_k(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, k: int, *,
+                            exclude_ids: torch.Tensor | None = None, chunk_items: int | str = "auto",
+                            reduction: str = "mean", backend: str = "auto"
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`chunked_cross_entropy` and, from the same chunk scores, each row's top-k pool: (loss, pool
+    scores (N, k), pool items (N, k)), the pool equal to `top_k_items(states, table, k,
+    exclude_targets=targets, exclude_ids=exclude_ids, chunk_items=chunk_items)` (ids, scores and tie
+    order; its column 0 is the argmax). One pass over the catalog where two were (Algorithm 1: CE
+    and the negative pool of Eq. 4). The kernel backend has no top-K: it scores the catalog a second
+    time with `top_k_items`. The pool carries no gradient.
+    """
+    return _cross_entropy(states, table, targets, chunk_items, reduction, backend, k, exclude_ids)
+
+
+def _cross_entropy(states, table, targets, chunk_items, reduction, backend, pool_k, exclude_ids):
+    """(loss, pool scores, pool items); the pool is (None, None) when pool_k is None."""
     n_rows, n_items = _check_scoring_inputs(states, table)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction={reduction!r}: expected one of {REDUCTIONS}.")
@@ -61,9 +81,18 @@ def chunked_cross_entropy(states: torch.Tensor, table: torch.Tensor, targets: to
         if kernel is None or states.device.type != "cuda":
             raise ValueError("backend='kernel' needs the cut_cross_entropy package and CUDA tensors; "
                              "use backend='auto' or 'chunked'.")
-        return _kernel_loss(kernel, states, table, targets, reduction)
+        loss = _kernel_loss(kernel, states, table, targets, reduction)
+        if pool_k is None:
+            return loss, None, None
+        return (loss, *top_k_items(states.detach(), table.detach(), pool_k, exclude_targets=targets,
+                                   exclude_ids=exclude_ids, chunk_items=chunk_items))  # the second pass
+    pool = None
+    if pool_k is not None:
+        pool = TopKPool(n_rows, n_items, pool_k, _matmul_dtype(states, table), states.device,
+                        exclude_ids=exclude_ids, exclude_targets=targets)
     width = resolve_chunk_items(chunk_items, n_rows, n_items, states.device)
-    return _ChunkedCrossEntropy.apply(states, table, targets, width, reduction)
+    loss = _ChunkedCrossEntropy.apply(states, table, targets, width, reduction, pool)
+    return (loss, None, None) if pool is None else (loss, *pool.result())
 
 
 def _kernel_loss(kernel, states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
@@ -80,7 +109,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     (the same memory bound; SCORE_ALIGN rounding may split it in two), no recompute."""
 
     @staticmethod
-    def forward(ctx, states, table, targets, width, reduction):
+    def forward(ctx, states, table, targets, width, reduction, pool):
         n_rows, n_items = states.shape[0], table.shape[0] - 1
         dtype = _matmul_dtype(states, table)
         reduce_dtype = torch.promote_types(dtype, torch.float32)
@@ -95,6 +124,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
                 local, inside = _local(targets, chunk.fresh, chunk.stop)
                 target_logit = torch.where(inside, logits.gather(1, local[:, None]).squeeze(1), target_logit)
+                if pool is not None:  # a TopKPool: the negative pool from the same scores
+                    pool.add(logits, chunk)
                 if keep_logits:
                     kept.append(logits)
         ctx.save_for_backward(states, table, targets, lse, *kept)
@@ -127,4 +158,4 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 if need_table:
                     grad_table[fresh:stop] = grad_logits.T @ states_c
         grad_states = grad_states.to(states.dtype) if need_states else None
-        return grad_states, grad_table, None, None, None
+        return grad_states, grad_table, None, None, None, None

@@ -9,6 +9,7 @@ import torch
 from rodpo.scoring.chunks import (
     _autocast_off,
     _check_scoring_inputs,
+    _Chunk,
     _chunk_scores,
     _chunks,
     _exclusion_ids,
@@ -30,24 +31,41 @@ def top_k_items(states: torch.Tensor, table: torch.Tensor, k: int, *, exclude_ta
     -inf). No gradient.
     """
     n_rows, n_items = _check_scoring_inputs(states, table)
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ValueError(f"k={k!r}: expected an integer >= 1 (items kept per row).")
-    excluded = _exclusion_ids(n_rows, n_items, exclude_ids, exclude_targets, states.device)
+    pool = TopKPool(n_rows, n_items, k, _matmul_dtype(states, table), states.device, exclude_ids=exclude_ids,
+                    exclude_targets=exclude_targets)
     width = resolve_chunk_items(chunk_items, n_rows, n_items, states.device)
-    dtype = _matmul_dtype(states, table)
-    best_scores = torch.full((n_rows, k), float("-inf"), dtype=torch.promote_types(dtype, torch.float32),
-                             device=states.device)
-    best_items = torch.zeros(n_rows, k, dtype=torch.long, device=states.device)
     with torch.no_grad(), _autocast_off(states.device):
-        states_c = states.to(dtype)
+        states_c = states.to(pool.dtype)
         for chunk in _chunks(n_items, width):
-            scores = _chunk_scores(states_c, table, chunk, dtype)
-            if excluded is not None:
-                scores = scores.masked_fill(_id_mask(excluded, chunk.fresh, chunk.stop), float("-inf"))
-            chunk_scores, chunk_columns = _chunk_top_k(scores, k)
-            best_scores, best_items = _merge_top_k(best_scores, best_items, chunk_scores, chunk_columns + chunk.fresh,
-                                                   k)
-    return best_scores, best_items.masked_fill(best_scores == float("-inf"), 0)
+            pool.add(_chunk_scores(states_c, table, chunk, pool.dtype), chunk)
+    return pool.result()
+
+
+class TopKPool:
+    """The running top-k of the chunks scored so far, under the tie rule (see `top_k_items`): any
+    pass over the catalog that has each chunk's scores (the CE forward too) can fill it."""
+
+    def __init__(self, n_rows: int, n_items: int, k: int, dtype: torch.dtype, device: torch.device, *,
+                 exclude_ids: torch.Tensor | None = None, exclude_targets: torch.Tensor | None = None) -> None:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise ValueError(f"k={k!r}: expected an integer >= 1 (items kept per row).")
+        self.k, self.dtype = int(k), dtype
+        self.excluded = _exclusion_ids(n_rows, n_items, exclude_ids, exclude_targets, device)  # (N, L') or None
+        self.scores = torch.full((n_rows, self.k), float("-inf"), dtype=torch.promote_types(dtype, torch.float32),
+                                 device=device)
+        self.items = torch.zeros(n_rows, self.k, dtype=torch.long, device=device)
+
+    def add(self, scores: torch.Tensor, chunk: _Chunk) -> None:
+        """Merge one chunk's scores (N, stop - fresh) of items fresh..stop - 1; `scores` is not modified."""
+        if self.excluded is not None:
+            scores = scores.masked_fill(_id_mask(self.excluded, chunk.fresh, chunk.stop), float("-inf"))
+        chunk_scores, chunk_columns = _chunk_top_k(scores, self.k)
+        self.scores, self.items = _merge_top_k(self.scores, self.items, chunk_scores, chunk_columns + chunk.fresh,
+                                               self.k)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores (N, k) and item ids (N, k), best first; item 0 where no item is left."""
+        return self.scores, self.items.masked_fill(self.scores == float("-inf"), 0)
 
 
 def _chunk_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

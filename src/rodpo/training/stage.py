@@ -6,7 +6,8 @@ dpo:    L = L_CE + lambda * L_pref (+ moe_aux_weight * L_aux)    (Eq. 6), policy
         reference = frozen pi_sft, y_l from the policy's own scores (Eq. 4).
 Each step encodes every sequence once and supervises all its positions: states are gathered at
 the real target positions, and every score goes through the chunked scoring core (rodpo.scoring),
-so no (N, n_items) logits exist. The reference only scores (y_w, y_l) per position.
+so no (N, n_items) logits exist. A DPO step scores the catalog once: the CE pass also yields the
+top-K pool the losers are drawn from. The reference only scores (y_w, y_l) per position.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from rodpo.devices import resolve_device
 from rodpo.distributed import SINGLE_PROCESS, DistributedContext, all_gather_rows, all_reduce_sum, rank_device
 from rodpo.ranking import evaluate_model
 from rodpo.model.moe import SparseNoisyMoE
-from rodpo.scoring import chunked_cross_entropy
+from rodpo.scoring import chunked_cross_entropy, cross_entropy_and_top_k
 from rodpo.sequences import SequenceData, trim_to_longest
 from rodpo.training.checkpoints import BEST_WEIGHTS
 from rodpo.training.config import VALID_KS, TrainConfig
-from rodpo.training.dpo import frozen_reference, implicit_reward_stats, pool_exclusions, sample_negatives
+from rodpo.training.dpo import draw_negatives, frozen_reference, implicit_reward_stats, pool_exclusions, pool_size
 from rodpo.training.objectives import preference_loss
 
 logger = logging.getLogger("rodpo.training")
@@ -219,14 +220,13 @@ class Stage:
         scale = loss_scale if loss_scale is not None else 1.0 / max(positive_item.numel(), 1)
         with self.autocast():
             target_states, aux_loss, table = self.forward(inputs, input_times, is_target)
-        chunk = self.config.score_chunk_items
-        ce_rows = chunked_cross_entropy(target_states, table, positive_item, chunk_items=chunk, reduction="none")
+        ce_rows, exclude_ids, pool = self._cross_entropy_and_pool(items, is_target, target_states, table, positive_item)
         n_targets = max(positive_item.numel(), 1)
         losses = {"ce_loss": ce_rows.detach().mean(), "aux_loss": aux_loss.detach(), "n_targets": positive_item.numel()}
         loss = ce_rows.sum() * scale + self.aux_weight * aux_loss
         if self.is_dpo:
-            preference, stats = self._preference_losses(items, is_target, target_states, table, positive_item,
-                                                        rows, inputs, input_times)
+            preference, stats = self._preference_losses(is_target, target_states, table, positive_item, rows, inputs,
+                                                        input_times, exclude_ids, pool)
             losses.update(stats)
             losses["dpo_loss"] = preference.detach().mean()
             losses["score_margin"] = losses["score_margin"] / n_targets
@@ -234,14 +234,29 @@ class Stage:
         losses["loss"] = loss
         return losses
 
-    def _preference_losses(self, items, is_target, target_states, table, positive_item, rows, inputs, input_times):
+    def _cross_entropy_and_pool(self, items, is_target, target_states, table, positive_item):
+        """Per-target CE (N,), and in a DPO step the ids left out of the negative pool (N, L + 1) or
+        None and the top-K pool (N, K) of Eq. 4 from the same pass over the catalog (random: None)."""
+        chunk, dpo = self.config.score_chunk_items, self.config.dpo
+        if not self.is_dpo:
+            return chunked_cross_entropy(target_states, table, positive_item, chunk_items=chunk,
+                                         reduction="none"), None, None
+        exclude_ids = pool_exclusions(items, is_target, dpo.exclude_from_pool)
+        k = pool_size(dpo.negative_strategy, dpo.k)
+        if k is None:
+            return chunked_cross_entropy(target_states, table, positive_item, chunk_items=chunk,
+                                         reduction="none"), exclude_ids, None
+        ce_rows, _, pool = cross_entropy_and_top_k(target_states, table, positive_item, k, exclude_ids=exclude_ids,
+                                                   chunk_items=chunk, reduction="none")
+        return ce_rows, exclude_ids, pool
+
+    def _preference_losses(self, is_target, target_states, table, positive_item, rows, inputs, input_times,
+                           exclude_ids, pool):
         """Per-target preference losses (N,) and their diagnostics (sums over targets)."""
         dpo = self.config.dpo
-        exclude_ids = pool_exclusions(items, is_target, dpo.exclude_from_pool)  # (N, L + 1) or None
-        sampled_negative = sample_negatives(target_states, table, positive_item, dpo.negative_strategy, dpo.k,
-                                            self.sample_generator, exclude_ids=exclude_ids,
-                                            n_negatives=dpo.n_negatives,
-                                            chunk_items=self.config.score_chunk_items)  # (N, M)
+        sampled_negative = draw_negatives(dpo.negative_strategy, pool, positive_item, table.shape[0] - 1,
+                                          self.sample_generator, exclude_ids=exclude_ids,
+                                          n_negatives=dpo.n_negatives)  # (N, M)
         pairs = torch.cat([positive_item[:, None], sampled_negative], dim=1)  # (N, 1 + M): y_w, y_l...
         policy_scores = torch.einsum("nd,nmd->nm", target_states.float(), F.embedding(pairs, table).float())
         reference_scores = (self.reference.scores(rows, inputs, input_times, is_target, pairs)

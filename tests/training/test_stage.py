@@ -1,0 +1,85 @@
+"""One training step (rodpo.training.stage): a DPO step scores the catalog once (Algorithm 1: the
+CE pass also yields the top-K pool) and trains exactly as the earlier two passes did."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rodpo.scoring import chunked_cross_entropy, top_k_items
+from rodpo.scoring import cross_entropy as scoring_cross_entropy
+from rodpo.scoring import top_k as scoring_top_k
+from rodpo.training import stage as stage_module
+from rodpo.training.config import DPOConfig, TrainConfig
+from rodpo.training.stage import Stage
+
+CHUNK = 7  # 20 items: chunks 1-7, 8-14, 15-20
+
+
+def two_passes(states, table, targets, k, *, exclude_ids, chunk_items, reduction):
+    """The step before the fused pass: CE, then a separate top-K pass for the pool."""
+    loss = chunked_cross_entropy(states, table, targets, chunk_items=chunk_items, reduction=reduction)
+    return (loss, *top_k_items(states.detach(), table.detach(), k, exclude_targets=targets, exclude_ids=exclude_ids,
+                               chunk_items=chunk_items))
+
+
+def dpo_step(planted_data, model, dpo: DPOConfig):
+    """Losses, losers and the gradient of every parameter of one DPO step on 48 windows."""
+    losers = []
+    stage = Stage(model, planted_data, TrainConfig(stage="dpo", device="cpu", progress_bar=False, seed=3, dpo=dpo,
+                                                   score_chunk_items=CHUNK), None,
+                  pair_monitor=lambda **pairs: losers.append(pairs["losers"]))
+    stage_module._set_policy_mode(stage.policy, stochastic=False)
+    rows = torch.arange(48)
+    losses = stage.step_losses(stage.train_items[rows], stage.train_timestamps[rows], rows)
+    losses["loss"].backward()
+    grads = {name: parameter.grad.clone() for name, parameter in stage.policy.named_parameters()
+             if parameter.grad is not None}
+    return losses, losers[0], grads
+
+
+@pytest.fixture
+def count_chunk_scores(monkeypatch):
+    """Counts the chunk matmuls (N, D) x (D, chunk) of the CE and top-K passes."""
+    calls = []
+    for module in (scoring_cross_entropy, scoring_top_k):
+        original = module._chunk_scores
+        monkeypatch.setattr(module, "_chunk_scores",
+                            lambda *args, original=original: calls.append(1) or original(*args))
+    return calls
+
+
+@pytest.mark.parametrize("strategy, exclude", [("topk_uniform", "none"), ("topk_uniform", "earlier_items"),
+                                               ("argmax", "window_items"), ("random", "earlier_items")])
+def test_a_dpo_step_scores_the_catalog_once_and_trains_as_the_two_passes_did(planted_data, make_model, monkeypatch,
+                                                                            count_chunk_scores, strategy, exclude):
+    torch.manual_seed(0)
+    model = make_model()
+    dpo = DPOConfig(k=5, negative_strategy=strategy, exclude_from_pool=exclude,
+                    n_negatives=1 if strategy == "argmax" else 2, objective="sdpo")
+    n_chunks = 3
+
+    fused = dpo_step(planted_data, model, dpo)
+    fused_passes = len(count_chunk_scores)
+    count_chunk_scores.clear()
+    monkeypatch.setattr(stage_module, "cross_entropy_and_top_k", two_passes)
+    separate = dpo_step(planted_data, model, dpo)
+    separate_passes = len(count_chunk_scores)
+
+    assert torch.equal(fused[1], separate[1])  # the same losers for the same seed
+    assert fused[0].keys() == separate[0].keys()
+    for name in fused[0]:
+        assert torch.equal(torch.as_tensor(fused[0][name]), torch.as_tensor(separate[0][name])), name
+    assert fused[2].keys() == separate[2].keys()
+    for name in fused[2]:
+        assert torch.equal(fused[2][name], separate[2][name]), name
+    # forward + backward recompute: one catalog pass each; the two-pass step adds a top-K pass
+    assert fused_passes == 2 * n_chunks
+    assert separate_passes == (2 * n_chunks if strategy == "random" else 3 * n_chunks)
+
+
+def test_a_warmup_step_asks_for_no_pool(planted_data, make_model, monkeypatch):
+    monkeypatch.setattr(stage_module, "cross_entropy_and_top_k", lambda *args, **kwargs: pytest.fail("pool asked"))
+    stage = Stage(make_model(), planted_data, TrainConfig(device="cpu", progress_bar=False), None)
+    losses = stage.step_losses(stage.train_items[:8], stage.train_timestamps[:8])
+    assert "dpo_loss" not in losses and torch.isfinite(losses["loss"])
