@@ -34,7 +34,6 @@ The flags given choose what runs: --n-items/--stages/--path/--variants the step 
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import json
 import os
@@ -56,7 +55,6 @@ from rodpo.metrics import target_ranks as dense_target_ranks
 from rodpo.model import ModelConfig, RoDPOModel
 from rodpo.ranking import evaluate_model
 from rodpo.sequences import EvalSequences, SequenceData, TrainWindows, trim_to_longest
-from rodpo.training import stage as stage_module
 from rodpo.training.config import DPOConfig, TrainConfig
 from rodpo.training.objectives import dpo as dpo_objective
 from rodpo.training.stage import Stage, _set_policy_mode
@@ -223,13 +221,16 @@ def timed_steps(run_step: Callable[[int], object], steps: int, device: torch.dev
     return seconds[1:]
 
 
+def _start_peak_count(record: dict, device: torch.device) -> None:
+    """Setup's peaks; on CUDA the peak is counted again from here (`peak_cuda_bytes`: the steps')."""
+    record["setup_peak_rss_bytes"] = peak_rss_bytes()
+    if device.type == "cuda":
+        record["setup_peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def _tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
-
-
-def _force_chunked_cross_entropy() -> None:
-    """Path 'chunked' on a machine where backend 'auto' would take the CE kernel."""
-    stage_module.chunked_cross_entropy = functools.partial(scoring.chunked_cross_entropy, backend="chunked")
 
 
 def measure_step(config: dict) -> dict:
@@ -253,12 +254,9 @@ def measure_step(config: dict) -> dict:
                                  f" > {DENSE_MEMORY_SHARE:.0%} of the {budget / DENSE_MEMORY_SHARE / 2**30:.1f} GiB"
                                  f" available on {device.type}")
             return record
-    if path == "kernel" and (stage_name == "eval" or scoring.cross_entropy_backend(device) != "kernel"):
-        record["skipped"] = ("the kernel computes CE only; ranks are always chunked" if stage_name == "eval" else
-                             "needs CUDA and the cut_cross_entropy package")
+    if skip_reason(config):
+        record["skipped"] = skip_reason(config)
         return record
-    if path == "chunked" and scoring.cross_entropy_backend(device) == "kernel":
-        _force_chunked_cross_entropy()
 
     n_windows = batch_size * (steps + 1) if stage_name != "eval" else 1  # a fresh batch every step
     data = synthetic_data(n_items, n_windows, eval_users if stage_name == "eval" else 1,
@@ -271,7 +269,7 @@ def measure_step(config: dict) -> dict:
         else:
             run_step = lambda step: evaluate_model(model, data.test, batch_size=eval_users, device=device,  # noqa: E731
                                                    chunk_items=config["chunk_items"])
-        record["setup_peak_rss_bytes"] = peak_rss_bytes()
+        _start_peak_count(record, device)
         seconds = timed_steps(run_step, steps, device)
         record["state_bytes"] = {"parameters": _tensor_bytes(model.parameters())}
     else:
@@ -279,6 +277,8 @@ def measure_step(config: dict) -> dict:
                                    score_chunk_items=config["chunk_items"], seed=SEED,
                                    dpo=DPOConfig(k=DPO_K, negative_strategy="topk_uniform"))
         stage = Stage(model, data, train_config, reference_model=None)
+        stage.ce_backend = "kernel" if path == "kernel" else "chunked"  # 'auto' would take the kernel on CUDA
+        record["ce_backend"] = None if path == "dense" else stage.ce_backend
         _set_policy_mode(stage.policy, stochastic=not stage.is_dpo or train_config.dpo.policy_dropout_in_dpo)
         step_loss = dense_step_loss if path == "dense" else chunked_step_loss
 
@@ -286,7 +286,7 @@ def measure_step(config: dict) -> dict:
             rows = torch.arange(step * batch_size, (step + 1) * batch_size, device=stage.device)
             optimizer_step(stage, step_loss(stage, stage.train_items[rows], stage.train_timestamps[rows], rows))
 
-        record["setup_peak_rss_bytes"] = peak_rss_bytes()
+        _start_peak_count(record, device)
         seconds = timed_steps(run_step, steps, device)
         reference = stage.reference
         record["state_bytes"] = {
@@ -343,6 +343,15 @@ def _chunk_items(text: str) -> int | str:
     if text.isdigit() and int(text) >= 1:
         return int(text)
     raise argparse.ArgumentTypeError(f"--chunk-items {text!r}: use 'auto' or a positive number of items.")
+
+
+def skip_reason(config: dict) -> str | None:
+    """Why a kernel-path configuration cannot run here (decided without starting its process), or None."""
+    if config.get("kind") != "step" or config.get("path") != "kernel":
+        return None
+    if config["stage"] == "eval":
+        return "the kernel computes CE only; ranks are always chunked"
+    return None if kernel_available(config["device"]) else "needs CUDA and the cut_cross_entropy package"
 
 
 def kernel_available(device: str) -> bool:
@@ -429,7 +438,9 @@ def main() -> None:
     for config in planned_configs(args):
         shown = {k: config[k] for k in ("n_items", "variant", "stage", "path", "world_size") if k in config}
         print(f"bench_scale: {shown}", file=sys.stderr, flush=True)
-        record = run_in_subprocess(config, threads)
+        reason = skip_reason(config)
+        record = ({**{k: config[k] for k in ("n_items", "variant", "stage", "path")}, "skipped": reason} if reason
+                  else run_in_subprocess(config, threads))
         if config["kind"] == "scaling" and "sequences_per_second" in record:
             if record["world_size"] == 1:
                 throughput_1 = record["sequences_per_second"]

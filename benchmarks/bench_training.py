@@ -16,6 +16,7 @@ Targets: a DPO-family epoch (dpo, sdpo) <= 1.2x a warm-up epoch; reference-free 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_training.py --threads 1
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_training.py --threads 1 --scale 0.1 \\
         --variants id_only --objectives dpo,simpo --references model,cached_states
+    .venv/bin/python benchmarks/bench_training.py --device cuda --precision bf16     # a GPU
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from rodpo.devices import resolve_device
 from rodpo.metrics import target_ranks
 from rodpo.model import ModelConfig, RoDPOModel
 from rodpo.sequences import SequenceData, build_sequence_data, trim_to_longest
-from rodpo.training.config import REFERENCES
+from rodpo.training.config import PRECISIONS, REFERENCES
 from rodpo.training.objectives import REFERENCE_FREE
 from rodpo.training.stage import Stage
 from rodpo.training.trainer import DPOConfig, TrainConfig, train
@@ -187,7 +188,7 @@ def inference_seconds_per_batch(model: RoDPOModel, data: SequenceData, device: t
 
 def _train_settings(config: dict) -> dict:
     return dict(epochs=config["epochs"], batch_size=config["batch_size"], device=config["device"],
-                progress_bar=False, seed=config["seed"])
+                precision=config.get("precision", "auto"), progress_bar=False, seed=config["seed"])
 
 
 def measure_warmup(config: dict) -> dict:
@@ -315,6 +316,8 @@ def bench_variant(variant: str, common: dict, configs: list[dict], workdir: Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="training autocast: auto = bf16 on CUDA, fp32 elsewhere")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (and OMP_NUM_THREADS)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per stage (median reported)")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -337,13 +340,13 @@ def main() -> None:
                              _csv(args.references, REFERENCES, "--references"), args.n_negatives)
     sizes = dataset_size(args.scale)
     device = resolve_device(args.device)
-    common = {"device": args.device, "threads": args.threads, "epochs": args.epochs, "batch_size": args.batch_size,
-              "scale": args.scale, "seed": args.seed}
+    common = {"device": args.device, "precision": args.precision, "threads": args.threads, "epochs": args.epochs,
+              "batch_size": args.batch_size, "scale": args.scale, "seed": args.seed}
     result = {
         "benchmark": "bench_training", "dataset": {**sizes, "scale": args.scale}, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
         else platform.processor() or platform.machine(),
-        "threads": args.threads, "torch": torch.__version__, "batch_size": args.batch_size,
+        "threads": args.threads, "precision": args.precision, "torch": torch.__version__, "batch_size": args.batch_size,
         "epochs_per_stage": args.epochs, "n_negatives": {c["objective"]: c["n_negatives"] for c in configs},
         "target_ratio": {c["objective"]: TARGET_RATIO[c["objective"]] for c in configs}, "variants": {},
     }

@@ -75,6 +75,18 @@ def capture_trainer_log() -> Iterator[list[str]]:
         trainer_logger.removeHandler(handler)
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `cuda` are skipped where torch sees no GPU (benchmarks/gpu_check.sh runs them on one)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marker cuda): run benchmarks/gpu_check.sh on a GPU machine")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def kedro_runner():
     """`run_in_project` for tests (conftest is not importable as a module)."""

@@ -16,9 +16,9 @@ from rodpo.training.stage import Stage
 CHUNK = 7  # 20 items: chunks 1-7, 8-14, 15-20
 
 
-def two_passes(states, table, targets, k, *, exclude_ids, chunk_items, reduction):
+def two_passes(states, table, targets, k, *, exclude_ids, chunk_items, reduction, backend):
     """The step before the fused pass: CE, then a separate top-K pass for the pool."""
-    loss = chunked_cross_entropy(states, table, targets, chunk_items=chunk_items, reduction=reduction)
+    loss = chunked_cross_entropy(states, table, targets, chunk_items=chunk_items, reduction=reduction, backend=backend)
     return (loss, *top_k_items(states.detach(), table.detach(), k, exclude_targets=targets, exclude_ids=exclude_ids,
                                chunk_items=chunk_items))
 
@@ -83,3 +83,20 @@ def test_a_warmup_step_asks_for_no_pool(planted_data, make_model, monkeypatch):
     stage = Stage(make_model(), planted_data, TrainConfig(device="cpu", progress_bar=False), None)
     losses = stage.step_losses(stage.train_items[:8], stage.train_timestamps[:8])
     assert "dpo_loss" not in losses and torch.isfinite(losses["loss"])
+
+
+@pytest.mark.cuda
+def test_a_dpo_step_on_cuda_in_bf16_and_fp32(planted_data, make_model):
+    """The step's autocast path on a GPU: finite losses, and bf16 close to fp32 (same weights, same batch)."""
+    torch.manual_seed(0)
+    model = make_model()
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        stage = Stage(model, planted_data, TrainConfig(stage="dpo", device="cuda", precision=precision,
+                                                       progress_bar=False, dpo=DPOConfig(k=5)), None)
+        stage_module._set_policy_mode(stage.policy, stochastic=False)
+        step = stage.step_losses(stage.train_items[:48], stage.train_timestamps[:48], torch.arange(48, device="cuda"))
+        step["loss"].backward()
+        assert all(torch.isfinite(p.grad).all() for p in stage.policy.parameters() if p.grad is not None)
+        losses[precision] = {name: float(step[name]) for name in ("ce_loss", "dpo_loss", "loss")}
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=5e-2)

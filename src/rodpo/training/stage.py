@@ -164,6 +164,7 @@ class Stage:
         self.train_items = torch.from_numpy(data.train.items).to(self.device)
         self.train_timestamps = torch.from_numpy(data.train.timestamps).to(self.device)
         self.aux_weight = getattr(getattr(model, "config", None), "moe_aux_weight", 0.0)
+        self.ce_backend = "auto"  # rodpo.scoring.BACKENDS; benchmarks pin "chunked" or "kernel" to compare them
         self.reference = None
         if self.is_dpo and config.dpo.uses_reference:
             sft = reference_model if reference_model is not None else model
@@ -239,15 +240,15 @@ class Stage:
         None and the top-K pool (N, K) of Eq. 4 from the same pass over the catalog (random: None)."""
         chunk, dpo = self.config.score_chunk_items, self.config.dpo
         if not self.is_dpo:
-            return chunked_cross_entropy(target_states, table, positive_item, chunk_items=chunk,
-                                         reduction="none"), None, None
+            return chunked_cross_entropy(target_states, table, positive_item, chunk_items=chunk, reduction="none",
+                                         backend=self.ce_backend), None, None
         exclude_ids = pool_exclusions(items, is_target, dpo.exclude_from_pool)
         k = pool_size(dpo.negative_strategy, dpo.k)
         if k is None:
-            return chunked_cross_entropy(target_states, table, positive_item, chunk_items=chunk,
-                                         reduction="none"), exclude_ids, None
+            return chunked_cross_entropy(target_states, table, positive_item, chunk_items=chunk, reduction="none",
+                                         backend=self.ce_backend), exclude_ids, None
         ce_rows, _, pool = cross_entropy_and_top_k(target_states, table, positive_item, k, exclude_ids=exclude_ids,
-                                                   chunk_items=chunk, reduction="none")
+                                                   chunk_items=chunk, reduction="none", backend=self.ce_backend)
         return ce_rows, exclude_ids, pool
 
     def _preference_losses(self, is_target, target_states, table, positive_item, rows, inputs, input_times,
