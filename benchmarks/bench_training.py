@@ -26,7 +26,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,9 @@ from rodpo.training.config import PRECISIONS, REFERENCES
 from rodpo.training.objectives import REFERENCE_FREE
 from rodpo.training.stage import Stage
 from rodpo.training.trainer import DPOConfig, TrainConfig, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling module, however this file is loaded
+from measuring import peak_rss_bytes, synchronize, tensor_bytes  # noqa: E402
 
 TOYS = {"users": 19_412, "items": 11_924, "actions": 167_597}
 MIN_ACTIONS_PER_USER = 5  # 5-core: valid + test + at least 3 training items
@@ -121,10 +123,6 @@ def prepared_inputs(config: dict) -> tuple[SequenceData, RoDPOModel]:
 
 
 # ---------------------------------------------------------------------------------- measuring
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 def current_rss_bytes() -> int:
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
@@ -144,25 +142,16 @@ def _mib(n_bytes: int) -> float:
     return round(n_bytes / 2**20, 1)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def epoch_seconds(stage: Stage, epochs: int) -> list[float]:
     """Training seconds of each of `epochs` epochs (no validation, no checkpoint)."""
     seconds = []
     for epoch in range(1, epochs + 1):
-        _synchronize(stage.device)
+        synchronize(stage.device)
         started = time.perf_counter()
         stage.train_epoch(epoch, run_dir=None)
-        _synchronize(stage.device)
+        synchronize(stage.device)
         seconds.append(time.perf_counter() - started)
     return seconds
-
-
-def _tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
 def inference_seconds_per_batch(model: RoDPOModel, data: SequenceData, device: torch.device,
@@ -178,10 +167,10 @@ def inference_seconds_per_batch(model: RoDPOModel, data: SequenceData, device: t
     timings = []
     with torch.inference_mode():
         for _ in range(repeats + 1):  # first call warms up kernels and allocator
-            _synchronize(device)
+            synchronize(device)
             started = time.perf_counter()
             target_ranks(model.score_next(items, times).float(), targets)
-            _synchronize(device)
+            synchronize(device)
             timings.append(time.perf_counter() - started)
     return n_users, float(np.median(timings[1:]))
 
@@ -236,7 +225,7 @@ def measure_stage2(config: dict) -> dict:
     stage = Stage(model, data, TrainConfig(stage="dpo", dpo=dpo, **settings), reference_model=None)
     setup_s = time.perf_counter() - started  # the policy copy, and the reference copy or its cached states
     scorer = stage.reference
-    reference_bytes = 0 if scorer is None else _tensor_bytes(
+    reference_bytes = 0 if scorer is None else tensor_bytes(
         [scorer.table, scorer.cached, *(scorer.model.parameters() if scorer.model is not None else ())])
     stage2_seconds = epoch_seconds(stage, config["epochs"])
     peak = max(peak_rss_bytes(), current_rss_bytes())  # the kernel's RSS counters lag by a few pages

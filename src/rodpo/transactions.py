@@ -21,6 +21,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 from kedro.io.core import AbstractVersionedDataset
 
+from rodpo.files import atomic_write
 from rodpo.processes import process_identity, process_is_gone
 
 logger = logging.getLogger(__name__)
@@ -71,9 +72,8 @@ class TransactionalRunHook:
         folders = version_folders(catalog, set(pipeline.all_outputs()))
         journal_dir.mkdir(parents=True, exist_ok=True)
         self._journal = journal_dir / f"{run_params.get('session_id', 'run')}-{os.getpid()}.json"
-        temporary = self._journal.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"owner": process_identity(), "version_folders": folders}, indent=1))
-        os.replace(temporary, self._journal)
+        journal = json.dumps({"owner": process_identity(), "version_folders": folders}, indent=1)
+        atomic_write(self._journal, lambda temporary: temporary.write_text(journal))
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:

@@ -11,6 +11,7 @@ from rodpo.scoring import cross_entropy as scoring_cross_entropy
 from rodpo.scoring import top_k as scoring_top_k
 from rodpo.training import stage as stage_module
 from rodpo.training.config import DPOConfig, TrainConfig
+from rodpo.training.objectives import rodpo_loss
 from rodpo.training.stage import Stage
 
 CHUNK = 7  # 20 items: chunks 1-7, 8-14, 15-20
@@ -29,7 +30,7 @@ def dpo_step(planted_data, model, dpo: DPOConfig):
     stage = Stage(model, planted_data, TrainConfig(stage="dpo", device="cpu", progress_bar=False, seed=3, dpo=dpo,
                                                    score_chunk_items=CHUNK), None,
                   pair_monitor=lambda **pairs: losers.append(pairs["losers"]))
-    stage_module._set_policy_mode(stage.policy, stochastic=False)
+    stage_module.set_policy_mode(stage.policy, stochastic=False)
     rows = torch.arange(48)
     losses = stage.step_losses(stage.train_items[rows], stage.train_timestamps[rows], rows)
     losses["loss"].backward()
@@ -85,6 +86,22 @@ def test_a_warmup_step_asks_for_no_pool(planted_data, make_model, monkeypatch):
     assert "dpo_loss" not in losses and torch.isfinite(losses["loss"])
 
 
+def test_the_optimised_and_the_logged_loss_are_both_rodpo_loss(planted_data, make_model):
+    torch.manual_seed(0)
+    dpo = DPOConfig(k=5, lambda_dpo=0.5)
+    stage = Stage(make_model(), planted_data, TrainConfig(stage="dpo", device="cpu", progress_bar=False, dpo=dpo,
+                                                          batch_size=32), None)
+    aux_weight = stage.aux_weight
+    assert aux_weight > 0  # the sparse MoE's term is in the sum
+    step = stage.step_losses(stage.train_items[:32], stage.train_timestamps[:32])
+    expected = rodpo_loss(step["ce_loss"], step["dpo_loss"], step["aux_loss"], lambda_dpo=0.5, aux_weight=aux_weight)
+    torch.testing.assert_close(step["loss"].detach(), expected, rtol=1e-6, atol=1e-6)  # sums / N vs means
+    logged = stage.train_epoch(1, run_dir=None)  # target-weighted means over the epoch
+    expected = rodpo_loss(torch.tensor(logged["ce_loss"]), torch.tensor(logged["dpo_loss"]),
+                          torch.tensor(logged["aux_loss"]), lambda_dpo=0.5, aux_weight=aux_weight)
+    assert logged["loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
 @pytest.mark.cuda
 def test_a_dpo_step_on_cuda_in_bf16_and_fp32(planted_data, make_model):
     """The step's autocast path on a GPU: finite losses, and bf16 close to fp32 (same weights, same batch)."""
@@ -94,7 +111,7 @@ def test_a_dpo_step_on_cuda_in_bf16_and_fp32(planted_data, make_model):
     for precision in ("fp32", "bf16"):
         stage = Stage(model, planted_data, TrainConfig(stage="dpo", device="cuda", precision=precision,
                                                        progress_bar=False, dpo=DPOConfig(k=5)), None)
-        stage_module._set_policy_mode(stage.policy, stochastic=False)
+        stage_module.set_policy_mode(stage.policy, stochastic=False)
         step = stage.step_losses(stage.train_items[:48], stage.train_timestamps[:48], torch.arange(48, device="cuda"))
         step["loss"].backward()
         assert all(torch.isfinite(p.grad).all() for p in stage.policy.parameters() if p.grad is not None)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rodpo.ranking import evaluate_model
-from rodpo.training.trainer import DPOConfig, TrainConfig, _set_policy_mode, _Stage, train
+from rodpo.training.stage import Stage, set_policy_mode
+from rodpo.training.trainer import DPOConfig, TrainConfig, train
 
 FAST = dict(batch_size=32, progress_bar=False, eval_batch_size=256)
 
@@ -44,9 +45,9 @@ def test_first_dpo_step_starts_at_ln2_only_without_policy_dropout(planted_data, 
     warm = make_model(hidden_dropout=0.5, attn_dropout=0.5)
     batch = (torch.from_numpy(planted_data.train.items[:32]), torch.from_numpy(planted_data.train.timestamps[:32]))
     for dropout_on, expect_ln2 in ((False, True), (True, False)):
-        stage = _Stage(warm, planted_data, TrainConfig(stage="dpo", dpo=DPOConfig(k=5, policy_dropout_in_dpo=dropout_on),
+        stage = Stage(warm, planted_data, TrainConfig(stage="dpo", dpo=DPOConfig(k=5, policy_dropout_in_dpo=dropout_on),
                                                        device="cpu", **FAST), None)
-        _set_policy_mode(stage.policy, stochastic=dropout_on)
+        set_policy_mode(stage.policy, stochastic=dropout_on)
         dpo_loss = stage.step_losses(*batch)["dpo_loss"].item()
         assert (dpo_loss == pytest.approx(math.log(2), abs=1e-5)) == expect_ln2
 
@@ -116,7 +117,7 @@ def test_length_sorted_encoder_chunks_give_the_same_losses(planted_data, make_mo
     batch = (torch.from_numpy(planted_data.train.items[:40]), torch.from_numpy(planted_data.train.timestamps[:40]))
     losses = []
     for chunks in (1, 3):
-        stage = _Stage(model, planted_data, TrainConfig(encoder_chunks=chunks, device="cpu", **FAST), None)
+        stage = Stage(model, planted_data, TrainConfig(encoder_chunks=chunks, device="cpu", **FAST), None)
         stage.policy.eval()  # no dropout: both calls are deterministic
         losses.append(stage.step_losses(*batch)["ce_loss"])
     torch.testing.assert_close(losses[0], losses[1])
@@ -140,7 +141,7 @@ def test_cached_reference_states_train_like_a_reference_model(planted_data, make
 
 def test_reference_free_objectives_keep_no_reference(planted_data, make_model):
     torch.manual_seed(0)
-    stage = _Stage(make_model(), planted_data, TrainConfig(stage="dpo", device="cpu",
+    stage = Stage(make_model(), planted_data, TrainConfig(stage="dpo", device="cpu",
                                                            dpo=DPOConfig(k=5, objective="bpr"), **FAST), None)
     assert stage.reference is None
     batch = (torch.from_numpy(planted_data.train.items[:16]), torch.from_numpy(planted_data.train.timestamps[:16]))
@@ -219,8 +220,8 @@ def test_dpo_and_sdpo_with_m_losers_draw_the_same_losers(planted_data, make_mode
     for objective in ("dpo", "sdpo"):
         seen = []
         config = TrainConfig(stage="dpo", device="cpu", dpo=DPOConfig(k=5, objective=objective, n_negatives=3), **FAST)
-        stage = _Stage(warm, planted_data, config, None, pair_monitor=lambda **pairs: seen.append(pairs["losers"]))
-        _set_policy_mode(stage.policy, stochastic=False)
+        stage = Stage(warm, planted_data, config, None, pair_monitor=lambda **pairs: seen.append(pairs["losers"]))
+        set_policy_mode(stage.policy, stochastic=False)
         losses[objective] = stage.step_losses(*batch)["dpo_loss"].item()
         losers[objective] = seen[0]
     assert losers["dpo"].shape[1] == 3 and torch.equal(losers["dpo"], losers["sdpo"])
@@ -259,7 +260,7 @@ def test_stage2_leaves_the_item_before_each_target_out_of_the_pool_with_earlier_
     for mode in ("none", "earlier_items"):
         seen = []
         dpo = DPOConfig(negative_strategy="random", n_negatives=3, exclude_from_pool=mode)
-        stage = _Stage(warm, planted_data, TrainConfig(stage="dpo", device="cpu", dpo=dpo, **FAST), None,
+        stage = Stage(warm, planted_data, TrainConfig(stage="dpo", device="cpu", dpo=dpo, **FAST), None,
                        pair_monitor=lambda **pairs: seen.append(pairs))
         stage.step_losses(*batch)
         hits[mode] = int((seen[0]["losers"] == seen[0]["last_items"][:, None]).sum())

@@ -41,10 +41,10 @@ from rodpo.data.known_preferences import (
 from rodpo.data.preprocess import ITEM, USER, build_sequences, leave_one_out_split
 from rodpo.ranking import evaluate_model
 from rodpo.model.config import ModelConfig
-from rodpo.training.assembly import DATA_FIELDS, build_model
+from rodpo.model.assembly import DATA_FIELDS, build_model
 from rodpo.sequences import EvalSequences, SequenceData, build_sequence_data
 from rodpo.training.config import DPOConfig, TrainConfig
-from rodpo.training.dpo import NEGATIVE_STRATEGIES
+from rodpo.training.negatives import NEGATIVE_STRATEGIES
 from rodpo.training.objectives import OBJECTIVES
 from rodpo.training.trainer import train
 

@@ -31,7 +31,7 @@ from rodpo.experiments.controls import (CONTROL_LABELS, CONTROL_PREFIX, LAMBDA_Z
                                         control_overrides, enabled_controls, resolve_row_controls)
 from rodpo.metrics import METRIC_NAMES
 from rodpo.model.config import ModelConfig
-from rodpo.training.assembly import DATA_FIELDS
+from rodpo.model.assembly import DATA_FIELDS
 from rodpo.training.trainer import DPOConfig, TrainConfig
 
 SECTIONS = ("model", "warmup", "rodpo")

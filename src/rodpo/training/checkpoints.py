@@ -26,6 +26,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from rodpo.files import atomic_write
+
 LAST_WEIGHTS = "last.safetensors"
 BEST_WEIGHTS = "best.safetensors"
 STATE_FILE = "state.pt"
@@ -52,9 +54,7 @@ def run_key(*parts: Any) -> str:
 
 
 def _atomic(path: Path, write) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
+    atomic_write(path, write)
 
 
 def weights_copy(model: nn.Module) -> dict[str, torch.Tensor]:

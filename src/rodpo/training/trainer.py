@@ -36,10 +36,9 @@ from rodpo.lineage import features_fingerprint
 from rodpo.sequences import SequenceData
 from rodpo.training.checkpoints import RunCheckpoint, run_key, state_fingerprint, weights_copy
 from rodpo.training.config import DPOConfig, TrainConfig  # noqa: F401 - the trainer's public settings
-from rodpo.training.stage import PairMonitor, Stage, _set_policy_mode  # noqa: F401 - tests reach the stage through here
+from rodpo.training.stage import PairMonitor, Stage
 
 logger = logging.getLogger("rodpo.training")
-_Stage = Stage  # the name tests and benchmarks used before the stage had its own module
 
 
 def item_features_fingerprint(model: nn.Module) -> str:

@@ -1,25 +1,12 @@
+"""The losers of stage 2 (Eq. 4 and the ablations) and what each pool leaves out."""
+
 import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
 
 from rodpo.scoring import cross_entropy_and_top_k
-from rodpo.training.dpo import (
-    draw_negatives,
-    frozen_reference,
-    implicit_reward_stats,
-    pool_exclusions,
-    pool_size,
-    sample_negatives,
-)
-
-
-def test_implicit_reward_stats_are_sums_over_pairs():
-    stats = implicit_reward_stats(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]),
-                                  torch.zeros(2), torch.zeros(2), beta=2.0)
-    assert stats["rewards_chosen"].item() == 2.0
-    assert stats["rewards_margin"].item() == 0.0  # (2 - 0) + (0 - 2)
-    assert stats["rewards_accuracy"].item() == 1.0
+from rodpo.training.negatives import draw_negatives, pool_exclusions, pool_size, sample_negatives
 
 
 def _ranked(n_rows: int, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,16 +114,6 @@ def test_losers_from_the_ce_pass_pool_equal_the_separate_sampler_for_the_same_se
 def test_unknown_strategy_is_rejected():
     with pytest.raises(ValueError, match="strategy"):
         sample_negatives(*_ranked(1, 5), torch.tensor([1]), "hardest")
-
-
-def test_frozen_reference_is_eval_mode_without_gradients_and_shares_buffers():
-    policy = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
-    policy.register_buffer("features", torch.ones(3), persistent=False)
-    reference = frozen_reference(policy)
-    assert not reference.training
-    assert all(not p.requires_grad for p in reference.parameters())
-    assert reference.features is policy.features
-    assert reference[0].weight is not policy[0].weight
 
 
 def _windows_and_targets() -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,14 +1,10 @@
-"""RoDPO's stage-2 pieces: negative samplers (Eq. 4 and the paper's ablations) and what they leave
-out of the pool, the frozen reference policy, and TRL-style implicit-reward statistics. The losses
-(DPO, Eq. 5, and the other objectives) are in `rodpo.training.objectives`.
-"""
+"""The losers y_l of stage 2: the top-K pool of Eq. 4 and the paper's ablations (argmax, random), and
+what `rodpo.dpo.exclude_from_pool` leaves out of a pool. A training step takes the pool from its CE
+pass (`rodpo.scoring.cross_entropy_and_top_k`) and draws with `draw_negatives`."""
 
 from __future__ import annotations
 
-import copy
-
 import torch
-from torch import nn
 
 from rodpo.scoring import draw_from_pool, top_k_items
 
@@ -17,27 +13,6 @@ NEGATIVE_STRATEGIES = ("topk_uniform", "argmax", "random")
 # none (the paper), earlier_items (the items before the target in its training window: what the
 # user had interacted with at that step), window_items (the whole window, later targets included).
 POOL_EXCLUSIONS = ("none", "earlier_items", "window_items")
-
-
-def implicit_reward_stats(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
-                          reference_chosen: torch.Tensor, reference_rejected: torch.Tensor,
-                          beta: float) -> dict[str, torch.Tensor]:
-    """Sums (not means, so epochs can be pooled) of TRL's DPO diagnostics over the pairs.
-
-    reward = beta * (s - s_ref); margin = reward(y_w) - reward(y_l); accuracy = margin > 0.
-    """
-    with torch.no_grad():
-        chosen = beta * (policy_chosen - reference_chosen).float()
-        rejected = beta * (policy_rejected - reference_rejected).float()
-        margin = chosen - rejected
-        return {
-            "rewards_chosen": chosen.sum(),
-            "rewards_rejected": rejected.sum(),
-            "rewards_margin": margin.sum(),
-            "rewards_accuracy": (margin > 0).float().sum(),
-        }
-
-
 MAX_REJECTION_ROUNDS = 200
 
 
@@ -138,15 +113,3 @@ def pool_exclusions(windows: torch.Tensor, is_target: torch.Tensor, exclude_from
         later = torch.arange(windows.shape[1], device=windows.device)[None, :] > position[:, None]
         excluded = excluded.masked_fill(later, 0)
     return excluded
-
-
-def frozen_reference(policy: nn.Module) -> nn.Module:
-    """pi_ref <- pi_sft: a deep copy in eval mode (no dropout, no router noise) without gradients.
-
-    Frozen feature buffers are shared with the policy instead of copied.
-    """
-    shared = {id(buffer): buffer for buffer in policy.buffers()}  # deepcopy's memo: reuse, do not copy
-    reference = copy.deepcopy(policy, memo=shared)
-    reference.eval()
-    reference.requires_grad_(False)
-    return reference
