@@ -233,7 +233,7 @@ def test_continued_warmup_control_trains_exactly_like_more_warmup_epochs(planted
     """Stage 2 with the control's overrides (λ = 0, dropout on, the warm-up's optimizer) follows the
     warm-up's own loss and dropout: the same CE curve and weights as warm-up epochs from the same start."""
     from rodpo.experiments.controls import CONTINUED_WARMUP, CONTROL_OVERRIDES
-    from rodpo.experiments.plan import apply_overrides
+    from rodpo.experiments.overrides import apply_overrides
 
     torch.manual_seed(0)
     warm = make_model(hidden_dropout=0.3, attn_dropout=0.3)
