@@ -200,6 +200,41 @@ class LargestOutput(TorchDispatchMode):
         return out
 
 
+class FreshLargeTensors(TorchDispatchMode):
+    """Counts the tensors of at least `cells` elements that ops allocate anew (not views, not
+    in-place or out= results): what a pass that reuses its work memory does once, not per chunk."""
+
+    def __init__(self, cells):
+        super().__init__()
+        self.cells, self.count = cells, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view and not func._schema.is_mutable:
+            self.count += sum(1 for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)
+                              and leaf.numel() >= self.cells)
+        return out
+
+
+def test_chunk_passes_allocate_their_chunk_sized_memory_once_not_per_chunk():
+    n_rows, n_items, chunk = 64, 2_000, 128  # 16 chunks
+    torch.manual_seed(0)
+    states, table = torch.randn(n_rows, 8, requires_grad=True), torch.randn(n_items + 1, 8, requires_grad=True)
+    targets, history = torch.randint(1, n_items + 1, (n_rows,)), torch.randint(0, n_items + 1, (n_rows, 5))
+    passes = {
+        "ranks": lambda: target_ranks_unmasked_and_masked(states.detach(), table.detach(), targets, history,
+                                                          chunk_items=chunk),
+        "top_k": lambda: top_k_items(states.detach(), table.detach(), 10, exclude_targets=targets,
+                                     exclude_ids=history, chunk_items=chunk),
+        "ce_and_pool": lambda: cross_entropy_and_top_k(states, table, targets, 10, exclude_ids=history,
+                                                       chunk_items=chunk)[0].backward(),
+    }
+    for name, run in passes.items():
+        with FreshLargeTensors(n_rows * chunk) as fresh:
+            run()
+        assert fresh.count <= 4, name  # work memory (forward, backward, flags), never one per chunk
+
+
 def test_chunked_cross_entropy_never_materialises_dense_logits():
     n_rows, n_items, dim, chunk = 64, 200_000, 8, 4096
     torch.manual_seed(0)

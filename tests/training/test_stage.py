@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from rodpo.scoring import chunked_cross_entropy, top_k_items
+from rodpo.scoring import chunks as scoring_chunks
 from rodpo.scoring import cross_entropy as scoring_cross_entropy
-from rodpo.scoring import top_k as scoring_top_k
 from rodpo.training import stage as stage_module
 from rodpo.training.config import DPOConfig, TrainConfig
 from rodpo.training.objectives import rodpo_loss
@@ -43,10 +43,11 @@ def dpo_step(planted_data, model, dpo: DPOConfig):
 def count_chunk_scores(monkeypatch):
     """Counts the chunk matmuls (N, D) x (D, chunk) of the CE and top-K passes."""
     calls = []
-    for module in (scoring_cross_entropy, scoring_top_k):
-        original = module._chunk_scores
-        monkeypatch.setattr(module, "_chunk_scores",
-                            lambda *args, original=original: calls.append(1) or original(*args))
+    original_scores = scoring_chunks._ChunkWork.scores
+    monkeypatch.setattr(scoring_chunks._ChunkWork, "scores",
+                        lambda self, *args: calls.append(1) or original_scores(self, *args))
+    original = scoring_cross_entropy._chunk_scores  # the single-chunk path that keeps its logits
+    monkeypatch.setattr(scoring_cross_entropy, "_chunk_scores", lambda *args: calls.append(1) or original(*args))
     return calls
 
 

@@ -81,6 +81,52 @@ def _chunk_scores(states: torch.Tensor, table: torch.Tensor, chunk: _Chunk, dtyp
     return _scores(states, table[chunk.fresh:chunk.stop], dtype)
 
 
+class _ChunkWork:
+    """Memory one pass reuses for every chunk: the matmul output (and its fp32 copy after a half
+    matmul) and a float flag matrix. A fresh (N, chunk) tensor per chunk costs page faults (large
+    blocks go back to the OS when freed) and made the passes copy-bound; the values are the same."""
+
+    def __init__(self, n_rows: int, width: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.n_rows, self.dtype, self.device = n_rows, dtype, device
+        self.reduce_dtype = torch.promote_types(dtype, torch.float32)
+        self.max_width = _aligned(width)
+        self.cells = n_rows * self.max_width
+        self._product = torch.empty(self.cells, dtype=dtype, device=device)
+        self._reduced = (None if self.reduce_dtype == dtype
+                         else torch.empty(self.cells, dtype=self.reduce_dtype, device=device))
+        self._flags = None
+
+    def scores(self, states: torch.Tensor, table: torch.Tensor, chunk: _Chunk) -> torch.Tensor:
+        """As `_chunk_scores` (the same values), as a view into this memory: valid until the next call."""
+        rows = table[chunk.fresh:chunk.stop].to(self.dtype)
+        n_items = rows.shape[0]
+        if n_items % SCORE_ALIGN:
+            rows = torch.cat([rows, rows.new_zeros(_aligned(n_items) - n_items, rows.shape[1])])
+        product = self._product[:self.n_rows * rows.shape[0]].view(self.n_rows, rows.shape[0])
+        torch.mm(states, rows.T, out=product)
+        if self._reduced is None:
+            return product[:, :n_items]
+        return self._reduced[:self.n_rows * n_items].view(self.n_rows, n_items).copy_(product[:, :n_items])
+
+    def flags(self, width: int) -> torch.Tensor:
+        """(N, width + 1) float32 scratch: 0/1 flags of a chunk and a spare column for ids outside it."""
+        if self._flags is None:
+            self._flags = torch.empty(self.n_rows * (self.max_width + 1), device=self.device)
+        return self._flags[:self.n_rows * (width + 1)].view(self.n_rows, width + 1)
+
+
+EXACT_FLOAT_COUNT = 2**24  # a float32 sum of 0/1 flags is exact below this
+
+
+def _count_flags(flags: torch.Tensor) -> torch.Tensor:
+    """Per-row number of 1.0 flags (N, C) as int64: float sums (vectorised, unlike bool sums, which
+    copy to int64 first), exact in blocks of fewer than EXACT_FLOAT_COUNT columns."""
+    counts = torch.zeros(flags.shape[0], dtype=torch.long, device=flags.device)
+    for first in range(0, flags.shape[1], EXACT_FLOAT_COUNT - 1):
+        counts += flags[:, first:first + EXACT_FLOAT_COUNT - 1].sum(dim=1).long()
+    return counts
+
+
 def _local(ids: torch.Tensor, fresh: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Column of each id inside the fresh range [fresh, stop) (clamped when outside) and whether inside."""
     inside = (ids >= fresh) & (ids < stop)

@@ -14,6 +14,7 @@ from rodpo.scoring.chunks import (
     _check_scoring_inputs,
     _chunk_scores,
     _chunks,
+    _ChunkWork,
     _local,
     _matmul_dtype,
     resolve_chunk_items,
@@ -117,15 +118,17 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         lse = torch.full((n_rows,), float("-inf"), dtype=reduce_dtype, device=states.device)
         target_logit = torch.zeros_like(lse)
         kept = []
+        work = None if keep_logits else _ChunkWork(n_rows, width, dtype, states.device)
         with _autocast_off(states.device):
             states_c = states.to(dtype)
             for chunk in _chunks(n_items, width):
-                logits = _chunk_scores(states_c, table, chunk, dtype)  # (N, stop - fresh)
+                logits = (_chunk_scores(states_c, table, chunk, dtype) if keep_logits
+                          else work.scores(states_c, table, chunk))  # (N, stop - fresh)
                 lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
                 local, inside = _local(targets, chunk.fresh, chunk.stop)
                 target_logit = torch.where(inside, logits.gather(1, local[:, None]).squeeze(1), target_logit)
                 if pool is not None:  # a TopKPool: the negative pool from the same scores
-                    pool.add(logits, chunk)
+                    pool.add(logits, chunk, overwrite=not keep_logits)
                 if keep_logits:
                     kept.append(logits)
         ctx.save_for_backward(states, table, targets, lse, *kept)
@@ -144,12 +147,15 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             row_scale = row_scale / n_rows
         grad_states = torch.zeros(states.shape, dtype=lse.dtype, device=states.device) if need_states else None
         grad_table = torch.zeros_like(table) if need_table else None  # row 0 (padding) keeps 0
+        work = None if kept else _ChunkWork(n_rows, ctx.width, ctx.dtype, states.device)
         with _autocast_off(states.device):
             states_c = states.to(ctx.dtype)
             for index, chunk in enumerate(_chunks(n_items, ctx.width)):
                 fresh, stop = chunk.fresh, chunk.stop
-                logits = kept[index] if kept else _chunk_scores(states_c, table, chunk, ctx.dtype)
-                grad_logits = (logits - lse[:, None]).exp_().mul_(row_scale[:, None])  # softmax * scale
+                if kept:  # saved for backward: left as it is
+                    grad_logits = (kept[index] - lse[:, None]).exp_().mul_(row_scale[:, None])  # softmax * scale
+                else:  # recomputed into the work memory, turned into its gradient in place
+                    grad_logits = work.scores(states_c, table, chunk).sub_(lse[:, None]).exp_().mul_(row_scale[:, None])
                 local, inside = _local(targets, fresh, stop)
                 grad_logits.scatter_add_(1, local[:, None], (-row_scale * inside)[:, None])  # - onehot * scale
                 grad_logits = grad_logits.to(ctx.dtype)

@@ -9,10 +9,10 @@ from rodpo.scoring.chunks import (
     _autocast_off,
     _check_ids,
     _check_scoring_inputs,
-    _chunk_scores,
     _chunks,
+    _ChunkWork,
+    _count_flags,
     _exclusion_ids,
-    _id_mask,
     _local,
     _matmul_dtype,
     _scores,
@@ -88,15 +88,19 @@ def _count_beating(states: torch.Tensor, table: torch.Tensor, targets: torch.Ten
     n_items = table.shape[0] - 1
     counts = [torch.zeros(states.shape[0], dtype=torch.long, device=states.device) for _ in exclusions]
     own = target_scores.clone()
+    work = _ChunkWork(states.shape[0], width, dtype, states.device)
     for chunk in _chunks(n_items, width):
         fresh, stop = chunk.fresh, chunk.stop
-        scores = _chunk_scores(states, table, chunk, dtype)
+        scores = work.scores(states, table, chunk)
         local, inside = _local(targets, fresh, stop)
         own = torch.where(inside, scores.gather(1, local[:, None]).squeeze(1), own)
-        not_beating = scores < target_scores[:, None]
+        flags = work.flags(stop - fresh)  # 1.0 = not beating the target: s_j < s_target, or left out
         for count, excluded in zip(counts, exclusions):
+            torch.lt(scores, target_scores[:, None], out=flags[:, :stop - fresh])
             if excluded is not None:
-                count += (stop - fresh) - (not_beating | _id_mask(excluded, fresh, stop)).sum(dim=1)
+                excluded_local, excluded_inside = _local(excluded, fresh, stop)
+                flags.scatter_(1, torch.where(excluded_inside, excluded_local, stop - fresh), 1.0)  # spare column
+                count += (stop - fresh) - _count_flags(flags[:, :stop - fresh])
             else:  # the target itself sits among the "beating" columns of its chunk: take it off
-                count += (stop - fresh) - not_beating.sum(dim=1) - inside.long()
+                count += (stop - fresh) - _count_flags(flags[:, :stop - fresh]) - inside.long()
     return counts, own

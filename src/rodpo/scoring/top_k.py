@@ -10,10 +10,11 @@ from rodpo.scoring.chunks import (
     _autocast_off,
     _check_scoring_inputs,
     _Chunk,
-    _chunk_scores,
     _chunks,
+    _ChunkWork,
     _exclusion_ids,
     _id_mask,
+    _local,
     _matmul_dtype,
     resolve_chunk_items,
 )
@@ -36,8 +37,9 @@ def top_k_items(states: torch.Tensor, table: torch.Tensor, k: int, *, exclude_ta
     width = resolve_chunk_items(chunk_items, n_rows, n_items, states.device)
     with torch.no_grad(), _autocast_off(states.device):
         states_c = states.to(pool.dtype)
+        work = _ChunkWork(n_rows, width, pool.dtype, states.device)
         for chunk in _chunks(n_items, width):
-            pool.add(_chunk_scores(states_c, table, chunk, pool.dtype), chunk)
+            pool.add(work.scores(states_c, table, chunk), chunk, overwrite=True)
     return pool.result()
 
 
@@ -55,9 +57,14 @@ class TopKPool:
                                  device=device)
         self.items = torch.zeros(n_rows, self.k, dtype=torch.long, device=device)
 
-    def add(self, scores: torch.Tensor, chunk: _Chunk) -> None:
-        """Merge one chunk's scores (N, stop - fresh) of items fresh..stop - 1; `scores` is not modified."""
-        if self.excluded is not None:
+    def add(self, scores: torch.Tensor, chunk: _Chunk, *, overwrite: bool = False) -> None:
+        """Merge one chunk's scores (N, stop - fresh) of items fresh..stop - 1. With `overwrite` the
+        excluded items' scores are set to -inf in `scores` itself (no copy); else it is not modified."""
+        if self.excluded is not None and overwrite:
+            local, inside = _local(self.excluded, chunk.fresh, chunk.stop)
+            rows = torch.arange(scores.shape[0], device=scores.device)[:, None].expand_as(local)
+            scores.index_put_((rows[inside], local[inside]), scores.new_tensor(float("-inf")))
+        elif self.excluded is not None:
             scores = scores.masked_fill(_id_mask(self.excluded, chunk.fresh, chunk.stop), float("-inf"))
         chunk_scores, chunk_columns = _chunk_top_k(scores, self.k)
         self.scores, self.items = _merge_top_k(self.scores, self.items, chunk_scores, chunk_columns + chunk.fresh,
