@@ -23,7 +23,7 @@ import torch
 from rodpo.data.parsers import parse_interactions, parse_items
 from rodpo.data.preprocess import build_items_table, build_sequences, leave_one_out_split, preprocess_interactions
 from rodpo.features.text import extract_text_features
-from rodpo.training.assembly import build_model
+from rodpo.model.assembly import build_model
 from rodpo.sequences import build_sequence_data
 from rodpo.training.trainer import TrainConfig, train
 

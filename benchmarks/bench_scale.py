@@ -7,8 +7,8 @@ batches of 256 windows of T + 1 real items (--targets-per-sequence T, default 50
 - warmup: one CE step (loss, backward, clip, Adam step, as Stage.train_epoch does);
 - dpo:    one stage-2 step (CE + DPO, K = 50 topk_uniform negatives, reference = frozen copy);
 - eval:   full ranking (exact target ranks) of one batch of 2,048 users.
-Paths: dense = the implementation before the scoring core, kept here as the reference
-(F.cross_entropy(model.all_item_logits(states)), torch.topk pool + gather, model.score_next +
+Paths: dense = the implementation before the scoring core, kept as the reference (dense_reference.py:
+F.cross_entropy(model.all_item_logits(states)), torch.topk pool + gather, model.score_next +
 rodpo.metrics.target_ranks); chunked = the project's code (Stage.step_losses,
 rodpo.ranking.evaluate_model); kernel = the same with the cut-cross-entropy CE kernel (CUDA, when installed).
 Every configuration runs in a fresh subprocess (peak RSS is per process) and prints one JSON
@@ -20,8 +20,7 @@ DENSE_MEMORY_SHARE of the available memory is skipped with `predicted_bytes`.
 Targets (10^6 items, ID-only, CPU): warm-up step peak RSS <= 4 GiB, DPO step <= 4.5 GiB,
 2,048-user evaluation batch <= 2 GiB; at 12k items the chunked step is no slower than 1.1x dense.
 
-The flags given choose what runs: --n-items/--stages/--path/--variants the step benchmarks,
---world-size the throughput runs; with neither, both run at their defaults.
+Flags choose what runs: --n-items/--stages/--path/--variants steps, --world-size throughput (none: both).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_scale.py --n-items 12000 \\
         --stages warmup,dpo,eval --path dense,chunked --steps 3 --variants id_only
@@ -34,7 +33,6 @@ The flags given choose what runs: --n-items/--stages/--path/--variants the step 
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import json
 import os
@@ -48,19 +46,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rodpo import scoring
 from rodpo.devices import configure_torch_threads, default_torch_threads, resolve_device
-from rodpo.metrics import target_ranks as dense_target_ranks
 from rodpo.model import ModelConfig, RoDPOModel
 from rodpo.ranking import evaluate_model
-from rodpo.sequences import EvalSequences, SequenceData, TrainWindows, trim_to_longest
-from rodpo.training import stage as stage_module
+from rodpo.sequences import EvalSequences, SequenceData, TrainWindows
 from rodpo.training.config import DPOConfig, TrainConfig
-from rodpo.training.objectives import dpo as dpo_objective
-from rodpo.training.stage import Stage, _set_policy_mode
+from rodpo.training.stage import Stage, set_policy_mode
 from rodpo.training.trainer import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, however this file is loaded
+from dense_reference import (  # noqa: E402
+    DENSE_BYTES_PER_CELL,  # noqa: F401 - read by tests
+    dense_predicted_bytes,
+    dense_ranks,
+    dense_step_loss,
+)
+from measuring import peak_rss_bytes, synchronize, tensor_bytes  # noqa: E402
 
 N_ITEMS = (10_000, 100_000, 1_000_000)
 STAGES = ("warmup", "dpo", "eval")
@@ -80,10 +83,6 @@ SEED = 2020
 FIRST_TIMESTAMP = 1_300_000_000
 MAX_GAP_S = 30 * 86_400
 SCALING = {"n_items": 10_000, "n_windows": 4_096, "valid_users": 256, "variant": "id_only"}
-# Bytes per (row, item) cell at the dense path's peak: fp32 log_softmax output and its two backward
-# grads (warmup), one more for gather's dense backward (dpo), logits + index_fill copy + bool masks
-# (eval), with slack. Measured at 12k items, CPU: 2.11 / 2.67 GB above setup for 12,800 x 12,001 cells.
-DENSE_BYTES_PER_CELL = {"warmup": 14, "dpo": 18, "eval": 12}
 DENSE_MEMORY_SHARE = 0.8  # the rest: model, optimizer, allocator slack, other processes
 
 
@@ -130,46 +129,8 @@ def synthetic_model(data: SequenceData, variant: str, seed: int = SEED) -> RoDPO
     return model
 
 
-# ---------------------------------------------------------------------------------- the dense reference
-def dense_step_loss(stage: Stage, items: torch.Tensor, timestamps: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """One step's loss as before the scoring core: (N, n_items + 1) logits, dense CE, a torch.topk
-    pool of the K best non-positive items, y_l uniform from it, pair scores gathered from the logits."""
-    by_length = (items > 0).sum(dim=1).argsort()
-    items, timestamps, rows = items[by_length], timestamps[by_length], rows[by_length]
-    inputs, targets, input_times = items[:, :-1], items[:, 1:], timestamps[:, :-1]
-    is_target = targets > 0
-    positive_item = targets[is_target]  # y_w, (N,)
-    with stage.autocast():
-        target_states, aux_loss, _ = stage.forward(inputs, input_times, is_target)
-        logits = stage.policy.all_item_logits(target_states)  # (N, n_items + 1)
-    loss = F.cross_entropy(logits.float(), positive_item) + stage.aux_weight * aux_loss
-    if stage.is_dpo:
-        dpo = stage.config.dpo
-        top_scores, top_items = logits.detach().topk(dpo.k + 2, dim=1)  # the positive and padding may be in it
-        valid = (top_items != positive_item[:, None]) & (top_items != 0) & torch.isfinite(top_scores)
-        valid &= valid.long().cumsum(dim=1) <= dpo.k  # the top-K pool without the positive
-        sampled_negative = scoring.draw_from_pool(top_items, valid, 1, stage.sample_generator)  # (N, 1)
-        pairs = torch.cat([positive_item[:, None], sampled_negative], dim=1)  # (N, 2): y_w, y_l
-        policy_scores = logits.gather(1, pairs).float()
-        reference_scores = stage.reference.scores(rows, inputs, input_times, is_target, pairs)
-        loss = loss + dpo.lambda_dpo * dpo_objective(policy_scores[:, 0], policy_scores[:, 1:], reference_scores[:, 0],
-                                                     reference_scores[:, 1:], beta=dpo.beta).mean()
-    return loss
-
-
 def chunked_step_loss(stage: Stage, items: torch.Tensor, timestamps: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return stage.step_losses(items, timestamps, rows)["loss"]
-
-
-def dense_ranks(model: RoDPOModel, sequences: EvalSequences, device: torch.device) -> torch.Tensor:
-    """Full ranking as before the scoring core: model.score_next (B, n_items + 1), then metrics.target_ranks."""
-    model.eval()
-    with torch.inference_mode():
-        items = torch.from_numpy(sequences.items).to(device)
-        timestamps = torch.from_numpy(sequences.timestamps).to(device)
-        targets = torch.from_numpy(sequences.targets).to(device)
-        items, timestamps = trim_to_longest(items, timestamps)
-        return dense_target_ranks(model.score_next(items, timestamps).float(), targets)
 
 
 def optimizer_step(stage: Stage, loss: torch.Tensor) -> None:
@@ -184,10 +145,6 @@ def optimizer_step(stage: Stage, loss: torch.Tensor) -> None:
 
 
 # ---------------------------------------------------------------------------------- measuring
-def peak_rss_bytes(who: int = resource.RUSAGE_SELF) -> int:
-    return resource.getrusage(who).ru_maxrss * 1024  # Linux reports KiB
-
-
 def available_bytes(device: torch.device) -> int:
     """Free device memory on CUDA; MemAvailable of /proc/meminfo (else free physical pages) on CPU."""
     if device.type == "cuda":
@@ -202,34 +159,24 @@ def available_bytes(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def dense_predicted_bytes(stage: str, n_rows: int, n_items: int) -> int:
-    return DENSE_BYTES_PER_CELL[stage] * n_rows * (n_items + 1)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed_steps(run_step: Callable[[int], object], steps: int, device: torch.device) -> list[float]:
     """Seconds of `steps` calls after one warm-up call (kernels, allocator, Adam state)."""
     seconds = []
     for step in range(steps + 1):
-        _synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         run_step(step)
-        _synchronize(device)
+        synchronize(device)
         seconds.append(time.perf_counter() - started)
     return seconds[1:]
 
 
-def _tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
-
-
-def _force_chunked_cross_entropy() -> None:
-    """Path 'chunked' on a machine where backend 'auto' would take the CE kernel."""
-    stage_module.chunked_cross_entropy = functools.partial(scoring.chunked_cross_entropy, backend="chunked")
+def _start_peak_count(record: dict, device: torch.device) -> None:
+    """Setup's peaks; on CUDA the peak is counted again from here (`peak_cuda_bytes`: the steps')."""
+    record["setup_peak_rss_bytes"] = peak_rss_bytes()
+    if device.type == "cuda":
+        record["setup_peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def measure_step(config: dict) -> dict:
@@ -253,12 +200,9 @@ def measure_step(config: dict) -> dict:
                                  f" > {DENSE_MEMORY_SHARE:.0%} of the {budget / DENSE_MEMORY_SHARE / 2**30:.1f} GiB"
                                  f" available on {device.type}")
             return record
-    if path == "kernel" and (stage_name == "eval" or scoring.cross_entropy_backend(device) != "kernel"):
-        record["skipped"] = ("the kernel computes CE only; ranks are always chunked" if stage_name == "eval" else
-                             "needs CUDA and the cut_cross_entropy package")
+    if skip_reason(config):
+        record["skipped"] = skip_reason(config)
         return record
-    if path == "chunked" and scoring.cross_entropy_backend(device) == "kernel":
-        _force_chunked_cross_entropy()
 
     n_windows = batch_size * (steps + 1) if stage_name != "eval" else 1  # a fresh batch every step
     data = synthetic_data(n_items, n_windows, eval_users if stage_name == "eval" else 1,
@@ -271,30 +215,32 @@ def measure_step(config: dict) -> dict:
         else:
             run_step = lambda step: evaluate_model(model, data.test, batch_size=eval_users, device=device,  # noqa: E731
                                                    chunk_items=config["chunk_items"])
-        record["setup_peak_rss_bytes"] = peak_rss_bytes()
+        _start_peak_count(record, device)
         seconds = timed_steps(run_step, steps, device)
-        record["state_bytes"] = {"parameters": _tensor_bytes(model.parameters())}
+        record["state_bytes"] = {"parameters": tensor_bytes(model.parameters())}
     else:
         train_config = TrainConfig(stage=stage_name, batch_size=batch_size, device=str(device), progress_bar=False,
                                    score_chunk_items=config["chunk_items"], seed=SEED,
                                    dpo=DPOConfig(k=DPO_K, negative_strategy="topk_uniform"))
         stage = Stage(model, data, train_config, reference_model=None)
-        _set_policy_mode(stage.policy, stochastic=not stage.is_dpo or train_config.dpo.policy_dropout_in_dpo)
+        stage.ce_backend = "kernel" if path == "kernel" else "chunked"  # 'auto' would take the kernel on CUDA
+        record["ce_backend"] = None if path == "dense" else stage.ce_backend
+        set_policy_mode(stage.policy, stochastic=not stage.is_dpo or train_config.dpo.policy_dropout_in_dpo)
         step_loss = dense_step_loss if path == "dense" else chunked_step_loss
 
         def run_step(step: int) -> None:
             rows = torch.arange(step * batch_size, (step + 1) * batch_size, device=stage.device)
             optimizer_step(stage, step_loss(stage, stage.train_items[rows], stage.train_timestamps[rows], rows))
 
-        record["setup_peak_rss_bytes"] = peak_rss_bytes()
+        _start_peak_count(record, device)
         seconds = timed_steps(run_step, steps, device)
         reference = stage.reference
         record["state_bytes"] = {
-            "parameters": _tensor_bytes(stage.policy.parameters()),
-            "gradients": _tensor_bytes(p.grad for p in stage.policy.parameters()),
-            "optimizer_state": _tensor_bytes(v for state in stage.optimizer.state.values() for v in state.values()),
-            "callers_model": _tensor_bytes(model.parameters()),
-            "reference": 0 if reference is None else _tensor_bytes(
+            "parameters": tensor_bytes(stage.policy.parameters()),
+            "gradients": tensor_bytes(p.grad for p in stage.policy.parameters()),
+            "optimizer_state": tensor_bytes(v for state in stage.optimizer.state.values() for v in state.values()),
+            "callers_model": tensor_bytes(model.parameters()),
+            "reference": 0 if reference is None else tensor_bytes(
                 [reference.table, *(reference.model.parameters() if reference.model is not None else ())]),
         }
     record["seconds_per_step"] = round(statistics.median(seconds), 4)
@@ -343,6 +289,15 @@ def _chunk_items(text: str) -> int | str:
     if text.isdigit() and int(text) >= 1:
         return int(text)
     raise argparse.ArgumentTypeError(f"--chunk-items {text!r}: use 'auto' or a positive number of items.")
+
+
+def skip_reason(config: dict) -> str | None:
+    """Why a kernel-path configuration cannot run here (decided without starting its process), or None."""
+    if config.get("kind") != "step" or config.get("path") != "kernel":
+        return None
+    if config["stage"] == "eval":
+        return "the kernel computes CE only; ranks are always chunked"
+    return None if kernel_available(config["device"]) else "needs CUDA and the cut_cross_entropy package"
 
 
 def kernel_available(device: str) -> bool:
@@ -429,7 +384,9 @@ def main() -> None:
     for config in planned_configs(args):
         shown = {k: config[k] for k in ("n_items", "variant", "stage", "path", "world_size") if k in config}
         print(f"bench_scale: {shown}", file=sys.stderr, flush=True)
-        record = run_in_subprocess(config, threads)
+        reason = skip_reason(config)
+        record = ({**{k: config[k] for k in ("n_items", "variant", "stage", "path")}, "skipped": reason} if reason
+                  else run_in_subprocess(config, threads))
         if config["kind"] == "scaling" and "sequences_per_second" in record:
             if record["world_size"] == 1:
                 throughput_1 = record["sequences_per_second"]

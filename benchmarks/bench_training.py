@@ -16,6 +16,7 @@ Targets: a DPO-family epoch (dpo, sdpo) <= 1.2x a warm-up epoch; reference-free 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_training.py --threads 1
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_training.py --threads 1 --scale 0.1 \\
         --variants id_only --objectives dpo,simpo --references model,cached_states
+    .venv/bin/python benchmarks/bench_training.py --device cuda --precision bf16     # a GPU
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,10 +41,13 @@ from rodpo.devices import resolve_device
 from rodpo.metrics import target_ranks
 from rodpo.model import ModelConfig, RoDPOModel
 from rodpo.sequences import SequenceData, build_sequence_data, trim_to_longest
-from rodpo.training.config import REFERENCES
+from rodpo.training.config import PRECISIONS, REFERENCES
 from rodpo.training.objectives import REFERENCE_FREE
 from rodpo.training.stage import Stage
 from rodpo.training.trainer import DPOConfig, TrainConfig, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling module, however this file is loaded
+from measuring import peak_rss_bytes, synchronize, tensor_bytes  # noqa: E402
 
 TOYS = {"users": 19_412, "items": 11_924, "actions": 167_597}
 MIN_ACTIONS_PER_USER = 5  # 5-core: valid + test + at least 3 training items
@@ -120,10 +123,6 @@ def prepared_inputs(config: dict) -> tuple[SequenceData, RoDPOModel]:
 
 
 # ---------------------------------------------------------------------------------- measuring
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 def current_rss_bytes() -> int:
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
@@ -143,25 +142,16 @@ def _mib(n_bytes: int) -> float:
     return round(n_bytes / 2**20, 1)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def epoch_seconds(stage: Stage, epochs: int) -> list[float]:
     """Training seconds of each of `epochs` epochs (no validation, no checkpoint)."""
     seconds = []
     for epoch in range(1, epochs + 1):
-        _synchronize(stage.device)
+        synchronize(stage.device)
         started = time.perf_counter()
         stage.train_epoch(epoch, run_dir=None)
-        _synchronize(stage.device)
+        synchronize(stage.device)
         seconds.append(time.perf_counter() - started)
     return seconds
-
-
-def _tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
 def inference_seconds_per_batch(model: RoDPOModel, data: SequenceData, device: torch.device,
@@ -177,17 +167,17 @@ def inference_seconds_per_batch(model: RoDPOModel, data: SequenceData, device: t
     timings = []
     with torch.inference_mode():
         for _ in range(repeats + 1):  # first call warms up kernels and allocator
-            _synchronize(device)
+            synchronize(device)
             started = time.perf_counter()
             target_ranks(model.score_next(items, times).float(), targets)
-            _synchronize(device)
+            synchronize(device)
             timings.append(time.perf_counter() - started)
     return n_users, float(np.median(timings[1:]))
 
 
 def _train_settings(config: dict) -> dict:
     return dict(epochs=config["epochs"], batch_size=config["batch_size"], device=config["device"],
-                progress_bar=False, seed=config["seed"])
+                precision=config.get("precision", "auto"), progress_bar=False, seed=config["seed"])
 
 
 def measure_warmup(config: dict) -> dict:
@@ -235,7 +225,7 @@ def measure_stage2(config: dict) -> dict:
     stage = Stage(model, data, TrainConfig(stage="dpo", dpo=dpo, **settings), reference_model=None)
     setup_s = time.perf_counter() - started  # the policy copy, and the reference copy or its cached states
     scorer = stage.reference
-    reference_bytes = 0 if scorer is None else _tensor_bytes(
+    reference_bytes = 0 if scorer is None else tensor_bytes(
         [scorer.table, scorer.cached, *(scorer.model.parameters() if scorer.model is not None else ())])
     stage2_seconds = epoch_seconds(stage, config["epochs"])
     peak = max(peak_rss_bytes(), current_rss_bytes())  # the kernel's RSS counters lag by a few pages
@@ -315,6 +305,8 @@ def bench_variant(variant: str, common: dict, configs: list[dict], workdir: Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="training autocast: auto = bf16 on CUDA, fp32 elsewhere")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (and OMP_NUM_THREADS)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per stage (median reported)")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -337,13 +329,13 @@ def main() -> None:
                              _csv(args.references, REFERENCES, "--references"), args.n_negatives)
     sizes = dataset_size(args.scale)
     device = resolve_device(args.device)
-    common = {"device": args.device, "threads": args.threads, "epochs": args.epochs, "batch_size": args.batch_size,
-              "scale": args.scale, "seed": args.seed}
+    common = {"device": args.device, "precision": args.precision, "threads": args.threads, "epochs": args.epochs,
+              "batch_size": args.batch_size, "scale": args.scale, "seed": args.seed}
     result = {
         "benchmark": "bench_training", "dataset": {**sizes, "scale": args.scale}, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
         else platform.processor() or platform.machine(),
-        "threads": args.threads, "torch": torch.__version__, "batch_size": args.batch_size,
+        "threads": args.threads, "precision": args.precision, "torch": torch.__version__, "batch_size": args.batch_size,
         "epochs_per_stage": args.epochs, "n_negatives": {c["objective"]: c["n_negatives"] for c in configs},
         "target_ratio": {c["objective"]: TARGET_RATIO[c["objective"]] for c in configs}, "variants": {},
     }

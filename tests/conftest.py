@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +77,18 @@ def capture_trainer_log() -> Iterator[list[str]]:
         trainer_logger.removeHandler(handler)
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `cuda` are skipped where torch sees no GPU (benchmarks/gpu_check.sh runs them on one)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marker cuda): run benchmarks/gpu_check.sh on a GPU machine")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def kedro_runner():
     """`run_in_project` for tests (conftest is not importable as a module)."""
@@ -136,3 +150,53 @@ def demo_results(tmp_path_factory):
         patch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
         run_in_project(project, ["__default__", "case_study"], DEMO_RESULTS_PARAMS)
     return SimpleNamespace(project=project, tracking_uri=tracking_uri, params=DEMO_RESULTS_PARAMS)
+
+
+# ---- tiny synthetic sequence_splits with a planted pattern (model and training tests)
+SPLIT_SCHEMA = {
+    "user_id": pl.Int32, "train_item_ids": pl.List(pl.Int32), "train_timestamps": pl.List(pl.Int64),
+    "valid_item_id": pl.Int32, "valid_timestamp": pl.Int64, "test_item_id": pl.Int32, "test_timestamp": pl.Int64,
+}
+
+
+def planted_splits(n_users: int = 120, n_items: int = 20, seed: int = 0) -> pl.DataFrame:
+    """Every user walks the item ring: the next item is (item mod n_items) + 1, 90% of the time."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(1, n_users + 1):
+        length = int(rng.integers(5, 13))
+        items = [int(rng.integers(1, n_items + 1))]
+        for _ in range(length - 1):
+            follows = rng.random() < 0.9
+            items.append(items[-1] % n_items + 1 if follows else int(rng.integers(1, n_items + 1)))
+        times = (1_500_000_000 + np.cumsum(rng.integers(0, 5 * 86_400, size=length))).tolist()
+        rows.append((user, items[:-2], times[:-2], items[-2], times[-2], items[-1], times[-1]))
+    return pl.DataFrame(rows, schema=SPLIT_SCHEMA, orient="row")
+
+
+@pytest.fixture
+def split_schema():
+    return SPLIT_SCHEMA
+
+
+@pytest.fixture(scope="module")
+def planted_data():
+    from rodpo.sequences import build_sequence_data
+
+    return build_sequence_data(planted_splits(), max_seq_len=8)
+
+
+@pytest.fixture
+def make_model(planted_data):
+    """Factory of tiny models for `planted_data`; keyword arguments override ModelConfig fields."""
+    from rodpo.model import ModelConfig, RoDPOModel
+
+    def make(**overrides) -> RoDPOModel:
+        data = planted_data
+        values = dict(n_items=data.n_items, max_seq_len=data.max_seq_len, hidden_size=16, inner_size=32, n_heads=2,
+                      modalities=("id",), moe_mode="sparse", temporal=True, time_min=data.time_min,
+                      time_max=data.time_max, hidden_dropout=0.2, attn_dropout=0.2)
+        values.update(overrides)
+        return RoDPOModel(ModelConfig(**values))
+
+    return make

@@ -17,10 +17,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from rodpo import scoring
+from rodpo.scoring import cross_entropy as scoring_cross_entropy
+from rodpo.scoring import ranks as scoring_ranks
 from rodpo.metrics import history_exclusion_mask
 from rodpo.metrics import target_ranks as dense_metric_ranks
 from rodpo.scoring import (
     chunked_cross_entropy,
+    cross_entropy_and_top_k,
     cross_entropy_backend,
     resolve_chunk_items,
     target_ranks,
@@ -179,7 +182,7 @@ def test_backend_is_chunked_without_cuda_and_kernel_maps_padding_away():
     def fake_kernel(e, c, kernel_targets, reduction, impl):  # linear_cross_entropy's contract: CE of e @ c.T
         return F.cross_entropy(e @ c.T, kernel_targets, reduction=reduction)
 
-    torch.testing.assert_close(scoring._kernel_loss(fake_kernel, states, table, targets, "mean"),
+    torch.testing.assert_close(scoring_cross_entropy._kernel_loss(fake_kernel, states, table, targets, "mean"),
                                F.cross_entropy(dense_logits(states, table), targets))
 
 
@@ -195,6 +198,41 @@ class LargestOutput(TorchDispatchMode):
         sizes = [leaf.numel() for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)]
         self.largest = max([self.largest, *sizes])
         return out
+
+
+class FreshLargeTensors(TorchDispatchMode):
+    """Counts the tensors of at least `cells` elements that ops allocate anew (not views, not
+    in-place or out= results): what a pass that reuses its work memory does once, not per chunk."""
+
+    def __init__(self, cells):
+        super().__init__()
+        self.cells, self.count = cells, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view and not func._schema.is_mutable:
+            self.count += sum(1 for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)
+                              and leaf.numel() >= self.cells)
+        return out
+
+
+def test_chunk_passes_allocate_their_chunk_sized_memory_once_not_per_chunk():
+    n_rows, n_items, chunk = 64, 2_000, 128  # 16 chunks
+    torch.manual_seed(0)
+    states, table = torch.randn(n_rows, 8, requires_grad=True), torch.randn(n_items + 1, 8, requires_grad=True)
+    targets, history = torch.randint(1, n_items + 1, (n_rows,)), torch.randint(0, n_items + 1, (n_rows, 5))
+    passes = {
+        "ranks": lambda: target_ranks_unmasked_and_masked(states.detach(), table.detach(), targets, history,
+                                                          chunk_items=chunk),
+        "top_k": lambda: top_k_items(states.detach(), table.detach(), 10, exclude_targets=targets,
+                                     exclude_ids=history, chunk_items=chunk),
+        "ce_and_pool": lambda: cross_entropy_and_top_k(states, table, targets, 10, exclude_ids=history,
+                                                       chunk_items=chunk)[0].backward(),
+    }
+    for name, run in passes.items():
+        with FreshLargeTensors(n_rows * chunk) as fresh:
+            run()
+        assert fresh.count <= 4, name  # work memory (forward, backward, flags), never one per chunk
 
 
 def test_chunked_cross_entropy_never_materialises_dense_logits():
@@ -214,6 +252,57 @@ def test_chunked_cross_entropy_never_materialises_dense_logits():
     with LargestOutput() as dense:  # the detector sees the dense logits when they exist
         F.cross_entropy(dense_logits(states, table), targets).backward()
     assert dense.largest >= n_rows * (n_items + 1)
+
+
+# -------------------------------------------------------------------------------- CE with the pool
+@pytest.mark.parametrize("chunk", CHUNKS)  # 3 and 7 do not divide 23
+@pytest.mark.parametrize("k", [1, 5, N_ITEMS + 3])
+def test_cross_entropy_and_top_k_equals_the_two_separate_passes_with_exact_ties(chunk, k):
+    states, table, targets, histories = integer_data()
+    for exclude_ids in (None, histories):
+        loss, pool_scores, pool_items = cross_entropy_and_top_k(states, table, targets, k, exclude_ids=exclude_ids,
+                                                                chunk_items=chunk, reduction="none")
+        separate = top_k_items(states, table, k, exclude_targets=targets, exclude_ids=exclude_ids, chunk_items=chunk)
+        assert torch.equal(pool_items, separate[1]) and torch.equal(pool_scores, separate[0])  # ids and tie order
+        expected = dense_top_k(states, table, k, exclusion_mask(N_ITEMS, exclude_ids, targets))
+        assert torch.equal(pool_items, expected[1])
+        assert torch.equal(loss, chunked_cross_entropy(states, table, targets, chunk_items=chunk, reduction="none"))
+        assert not (pool_items == targets[:, None]).any() and not (pool_items[pool_scores > NEG_INF] == 0).any()
+
+
+def test_cross_entropy_and_top_k_by_hand():
+    # one row, items 1..5 score 2, 3, 3, 1, 3; y_w = 3; item 2 excluded: pool = [5, 1, 4], argmax 5
+    table = torch.tensor([[10.0], [2.0], [3.0], [3.0], [1.0], [3.0]])
+    loss, scores, items = cross_entropy_and_top_k(torch.ones(1, 1), table, torch.tensor([3]), 4,
+                                                  exclude_ids=torch.tensor([[2, 0]]), chunk_items=2)
+    assert items.tolist() == [[5, 1, 4, 0]] and scores.tolist() == [[3.0, 2.0, 1.0, NEG_INF]]
+    expected = torch.logsumexp(table[1:, 0], 0) - 3.0
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 130, 300, 400])  # 130 (128 after alignment) does not divide 300
+def test_cross_entropy_and_top_k_keeps_value_and_gradients_of_the_plain_ce(chunk):
+    states, table, targets, histories = random_data()
+    got, expected = [], []
+    for fused, out in ((True, got), (False, expected)):
+        s, t = states.clone().requires_grad_(), table.clone().requires_grad_()
+        if fused:
+            loss, _, pool = cross_entropy_and_top_k(s, t, targets, 20, exclude_ids=histories, chunk_items=chunk)
+            separate = top_k_items(states, table, 20, exclude_targets=targets, exclude_ids=histories,
+                                   chunk_items=chunk)
+            assert torch.equal(pool, separate[1])
+        else:
+            loss = chunked_cross_entropy(s, t, targets, chunk_items=chunk)
+        loss.backward()
+        out.extend([loss.detach(), s.grad, t.grad])
+    for name, actual, reference in zip(("loss", "states", "table"), got, expected):
+        assert torch.equal(actual, reference), name
+
+
+def test_cross_entropy_and_top_k_refuses_a_bad_k():
+    states, table, targets, _ = integer_data()
+    with pytest.raises(ValueError, match="k=0: expected an integer >= 1"):
+        cross_entropy_and_top_k(states, table, targets, 0)
 
 
 # -------------------------------------------------------------------------------- top-K
@@ -323,10 +412,10 @@ def test_target_ranks_count_nan_against_the_target():
 def test_target_ranks_redo_the_count_when_the_target_score_differs_from_its_chunk(monkeypatch):
     states, table, targets, histories = integer_data()
     passes = []
-    count_beating, target_scores = scoring._count_beating, scoring._target_scores
-    monkeypatch.setattr(scoring, "_target_scores",  # off by one ulp: ties would be lost without the redo
+    count_beating, target_scores = scoring_ranks._count_beating, scoring_ranks._target_scores
+    monkeypatch.setattr(scoring_ranks, "_target_scores",  # off by one ulp: ties would be lost without the redo
                         lambda *args: torch.nextafter(target_scores(*args), torch.tensor(float("inf"))))
-    monkeypatch.setattr(scoring, "_count_beating", lambda *args: passes.append(1) or count_beating(*args))
+    monkeypatch.setattr(scoring_ranks, "_count_beating", lambda *args: passes.append(1) or count_beating(*args))
     expected = dense_metric_ranks(dense_logits(states, table), targets, history_exclusion_mask(histories, N_ITEMS))
     assert torch.equal(target_ranks(states, table, targets, exclude_ids=histories, chunk_items=5), expected)
     assert len(passes) == 2
@@ -375,11 +464,14 @@ def test_resolve_chunk_items_clamps_and_sizes_auto_from_the_budget():
 
 
 def test_scoring_core_imports_only_torch():
-    tree = ast.parse(Path(scoring.__file__).read_text())
-    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    top_level = {name.split(".")[0] for name in imported}
-    assert top_level - set(sys.stdlib_module_names) <= {"torch", "cut_cross_entropy"}  # no rodpo.* at all
+    imported = set()
+    for path in Path(scoring.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    outside = {name for name in imported if not name.startswith("rodpo.scoring")}  # its own modules only
+    top_level = {name.split(".")[0] for name in outside}
+    assert top_level - set(sys.stdlib_module_names) <= {"torch", "cut_cross_entropy"}  # no other rodpo.*
 
 
 def test_bad_ids_and_shapes_are_named():

@@ -31,6 +31,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 from kedro.io.core import AbstractVersionedDataset
 
+from rodpo.files import atomic_write
 from rodpo.processes import process_identity, process_is_gone
 
 logger = logging.getLogger(__name__)
@@ -157,10 +158,9 @@ class TransactionalRunHook:
         staging = sorted({str(Path(staged).parent) for _, staged, _ in self._staged})
         journal_dir.mkdir(parents=True, exist_ok=True)
         self._journal = journal_dir / f"{run}.json"
-        temporary = self._journal.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"owner": process_identity(), "version_folders": folders,
-                                         "staging_folders": staging}, indent=1))
-        os.replace(temporary, self._journal)
+        journal = json.dumps({"owner": process_identity(), "version_folders": folders, "staging_folders": staging},
+                             indent=1)
+        atomic_write(self._journal, lambda temporary: temporary.write_text(journal))
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from rodpo.experiments.plan import apply_overrides, plan_experiments
+from rodpo.experiments.overrides import apply_overrides
+from rodpo.experiments.plan import plan_experiments
 from rodpo.training.trainer import TrainConfig
 
 BASE = {

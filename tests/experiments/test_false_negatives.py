@@ -51,7 +51,7 @@ from rodpo.experiments.false_negatives_judge import (
     pool_exclusion_ids,
 )
 from rodpo.experiments.false_negatives_report import false_negatives_figure, false_negatives_markdown
-from rodpo.training.dpo import sample_negatives
+from rodpo.training.negatives import sample_negatives
 
 PARAMETERS_FILE = Path(__file__).resolve().parents[2] / "conf/base/parameters_false_negatives.yml"
 RANDOM_TOLERANCE_SE = 4.0  # |observed - expected| of the random strategy, in standard errors of one epoch

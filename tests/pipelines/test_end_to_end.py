@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from rodpo.ranking import evaluate_model
-from rodpo.training.assembly import build_model
+from rodpo.model.assembly import build_model
 from rodpo.sequences import build_sequence_data
 
 pytestmark = pytest.mark.slow

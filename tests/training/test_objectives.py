@@ -4,13 +4,14 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
+from rodpo.scoring import draw_from_pool
 from rodpo.training.objectives import (
     OBJECTIVES,
     REFERENCE_FREE,
     bpr,
-    draw_from_pool,
     dpo,
     preference_loss,
+    rodpo_loss,
     sdpo,
     simpo,
     validate_objective_config,
@@ -24,6 +25,13 @@ def _grads(loss: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...
 def test_registry_and_reference_free_set():
     assert set(OBJECTIVES) == {"dpo", "sdpo", "simpo", "bpr"}
     assert REFERENCE_FREE == {"simpo", "bpr"}
+
+
+def test_rodpo_loss_is_eq6_plus_the_moe_term_by_hand():
+    ce, preference, aux = torch.tensor(2.0), torch.tensor(0.5), torch.tensor(0.1)
+    # L = L_CE + aux_weight * L_aux + lambda * L_DPO = 2 + 0.01 * 0.1 + 0.5 * 0.5
+    assert rodpo_loss(ce, preference, aux, lambda_dpo=0.5, aux_weight=0.01).item() == pytest.approx(2.251)
+    assert rodpo_loss(ce, None, aux, lambda_dpo=0.5, aux_weight=0.01).item() == pytest.approx(2.001)  # warm-up
 
 
 def test_dpo_loss_and_gradient_by_hand():

@@ -8,7 +8,8 @@ import torch
 
 from rodpo.ranking import evaluate_model
 from rodpo.training.checkpoints import LOCK_FILE, STATE_FILE, RunCheckpoint, RunInProgressError, RunLock
-from rodpo.training.trainer import DPOConfig, TrainConfig, _set_policy_mode, _Stage, run_directory, train
+from rodpo.training.stage import Stage, set_policy_mode
+from rodpo.training.trainer import DPOConfig, TrainConfig, run_directory, train
 
 FAST = dict(batch_size=32, progress_bar=False, eval_batch_size=256)
 
@@ -46,23 +47,23 @@ def test_first_dpo_step_starts_at_ln2_only_without_policy_dropout(planted_data, 
     warm = make_model(hidden_dropout=0.5, attn_dropout=0.5)
     batch = (torch.from_numpy(planted_data.train.items[:32]), torch.from_numpy(planted_data.train.timestamps[:32]))
     for dropout_on, expect_ln2 in ((False, True), (True, False)):
-        stage = _Stage(warm, planted_data, TrainConfig(stage="dpo", dpo=DPOConfig(k=5, policy_dropout_in_dpo=dropout_on),
+        stage = Stage(warm, planted_data, TrainConfig(stage="dpo", dpo=DPOConfig(k=5, policy_dropout_in_dpo=dropout_on),
                                                        device="cpu", **FAST), None)
-        _set_policy_mode(stage.policy, stochastic=dropout_on)
+        set_policy_mode(stage.policy, stochastic=dropout_on)
         dpo_loss = stage.step_losses(*batch)["dpo_loss"].item()
         assert (dpo_loss == pytest.approx(math.log(2), abs=1e-5)) == expect_ln2
 
 
 def _interrupt_at_epoch(monkeypatch, stop_epoch: int) -> None:
     """Stage.train_epoch raises KeyboardInterrupt (a Ctrl-C) when it reaches `stop_epoch`."""
-    real_epoch = _Stage.train_epoch
+    real_epoch = Stage.train_epoch
 
     def train_epoch(stage, epoch, run_dir):
         if epoch == stop_epoch:
             raise KeyboardInterrupt
         return real_epoch(stage, epoch, run_dir)
 
-    monkeypatch.setattr(_Stage, "train_epoch", train_epoch)
+    monkeypatch.setattr(Stage, "train_epoch", train_epoch)
 
 
 def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(planted_data, make_model, tmp_path, caplog,
@@ -148,7 +149,7 @@ def test_length_sorted_encoder_chunks_give_the_same_losses(planted_data, make_mo
     batch = (torch.from_numpy(planted_data.train.items[:40]), torch.from_numpy(planted_data.train.timestamps[:40]))
     losses = []
     for chunks in (1, 3):
-        stage = _Stage(model, planted_data, TrainConfig(encoder_chunks=chunks, device="cpu", **FAST), None)
+        stage = Stage(model, planted_data, TrainConfig(encoder_chunks=chunks, device="cpu", **FAST), None)
         stage.policy.eval()  # no dropout: both calls are deterministic
         losses.append(stage.step_losses(*batch)["ce_loss"])
     torch.testing.assert_close(losses[0], losses[1])
@@ -172,7 +173,7 @@ def test_cached_reference_states_train_like_a_reference_model(planted_data, make
 
 def test_reference_free_objectives_keep_no_reference(planted_data, make_model):
     torch.manual_seed(0)
-    stage = _Stage(make_model(), planted_data, TrainConfig(stage="dpo", device="cpu",
+    stage = Stage(make_model(), planted_data, TrainConfig(stage="dpo", device="cpu",
                                                            dpo=DPOConfig(k=5, objective="bpr"), **FAST), None)
     assert stage.reference is None
     batch = (torch.from_numpy(planted_data.train.items[:16]), torch.from_numpy(planted_data.train.timestamps[:16]))
@@ -203,6 +204,13 @@ def test_stage2_whose_every_epoch_worsens_validation_returns_the_warmups_weights
     warm, _ = train(make_model(), planted_data, TrainConfig(epochs=3, lr=5e-3, **FAST))
     ascent = stage_module.chunked_cross_entropy
     monkeypatch.setattr(stage_module, "chunked_cross_entropy", lambda *args, **kwargs: -ascent(*args, **kwargs))
+    ascent_and_pool = stage_module.cross_entropy_and_top_k  # a DPO step's CE comes with its negative pool
+
+    def ascent_with_pool(*args, **kwargs):
+        loss, *pool = ascent_and_pool(*args, **kwargs)
+        return (-loss, *pool)
+
+    monkeypatch.setattr(stage_module, "cross_entropy_and_top_k", ascent_with_pool)
     config = dict(stage="dpo", lr=5e-3, checkpoint_dir=str(tmp_path), dpo=DPOConfig(k=5), **FAST)
     with monkeypatch.context() as patch:  # interrupted during epoch 2 ...
         _interrupt_at_epoch(patch, stop_epoch=2)
@@ -247,8 +255,8 @@ def test_dpo_and_sdpo_with_m_losers_draw_the_same_losers(planted_data, make_mode
     for objective in ("dpo", "sdpo"):
         seen = []
         config = TrainConfig(stage="dpo", device="cpu", dpo=DPOConfig(k=5, objective=objective, n_negatives=3), **FAST)
-        stage = _Stage(warm, planted_data, config, None, pair_monitor=lambda **pairs: seen.append(pairs["losers"]))
-        _set_policy_mode(stage.policy, stochastic=False)
+        stage = Stage(warm, planted_data, config, None, pair_monitor=lambda **pairs: seen.append(pairs["losers"]))
+        set_policy_mode(stage.policy, stochastic=False)
         losses[objective] = stage.step_losses(*batch)["dpo_loss"].item()
         losers[objective] = seen[0]
     assert losers["dpo"].shape[1] == 3 and torch.equal(losers["dpo"], losers["sdpo"])
@@ -260,7 +268,7 @@ def test_continued_warmup_control_trains_exactly_like_more_warmup_epochs(planted
     """Stage 2 with the control's overrides (λ = 0, dropout on, the warm-up's optimizer) follows the
     warm-up's own loss and dropout: the same CE curve and weights as warm-up epochs from the same start."""
     from rodpo.experiments.controls import CONTINUED_WARMUP, CONTROL_OVERRIDES
-    from rodpo.experiments.plan import apply_overrides
+    from rodpo.experiments.overrides import apply_overrides
 
     torch.manual_seed(0)
     warm = make_model(hidden_dropout=0.3, attn_dropout=0.3)
@@ -287,7 +295,7 @@ def test_stage2_leaves_the_item_before_each_target_out_of_the_pool_with_earlier_
     for mode in ("none", "earlier_items"):
         seen = []
         dpo = DPOConfig(negative_strategy="random", n_negatives=3, exclude_from_pool=mode)
-        stage = _Stage(warm, planted_data, TrainConfig(stage="dpo", device="cpu", dpo=dpo, **FAST), None,
+        stage = Stage(warm, planted_data, TrainConfig(stage="dpo", device="cpu", dpo=dpo, **FAST), None,
                        pair_monitor=lambda **pairs: seen.append(pairs))
         stage.step_losses(*batch)
         hits[mode] = int((seen[0]["losers"] == seen[0]["last_items"][:, None]).sum())
@@ -297,17 +305,17 @@ def test_stage2_leaves_the_item_before_each_target_out_of_the_pool_with_earlier_
 def test_a_top_k_pool_larger_than_the_catalog_is_capped_with_a_warning(planted_data, make_model, caplog):
     config = TrainConfig(stage="dpo", device="cpu", dpo=DPOConfig(k=100_000), **FAST)
     with caplog.at_level(logging.WARNING, logger="rodpo.training"):
-        stage = _Stage(make_model(), planted_data, config, None)
+        stage = Stage(make_model(), planted_data, config, None)
     assert stage.pool_k == planted_data.n_items - 1  # every item but the positive
     assert "rodpo.dpo.k=100000 is more than the 19 items" in caplog.text and "capped at 19" in caplog.text
     batch = (torch.from_numpy(planted_data.train.items[:8]), torch.from_numpy(planted_data.train.timestamps[:8]))
     assert torch.isfinite(stage.step_losses(*batch)["loss"])
     caplog.clear()
-    assert _Stage(make_model(), planted_data, TrainConfig(stage="dpo", device="cpu", dpo=DPOConfig(k=5), **FAST),
+    assert Stage(make_model(), planted_data, TrainConfig(stage="dpo", device="cpu", dpo=DPOConfig(k=5), **FAST),
                   None).pool_k == 5
     assert "capped" not in caplog.text
     with pytest.raises(ValueError, match=r"rodpo\.dpo\.n_negatives=25: the catalog has 20 items"):
-        _Stage(make_model(), planted_data, TrainConfig(stage="dpo", device="cpu", dpo=DPOConfig(
+        Stage(make_model(), planted_data, TrainConfig(stage="dpo", device="cpu", dpo=DPOConfig(
             k=100, objective="sdpo", n_negatives=25), **FAST), None)
 
 
@@ -318,7 +326,7 @@ def test_a_top_k_pool_larger_than_the_catalog_is_capped_with_a_warning(planted_d
     (DPOConfig(), None),
 ])
 def test_a_nan_loss_names_extreme_preference_parameters(planted_data, make_model, dpo, named):
-    stage = _Stage(make_model(), planted_data, TrainConfig(stage="dpo", device="cpu", dpo=dpo, **FAST), None)
+    stage = Stage(make_model(), planted_data, TrainConfig(stage="dpo", device="cpu", dpo=dpo, **FAST), None)
     losses = {"loss": torch.tensor(float("nan")), "ce_loss": torch.tensor(1.0), "dpo_loss": torch.tensor(float("nan")),
               "n_targets": 1}
     with pytest.raises(FloatingPointError) as error:

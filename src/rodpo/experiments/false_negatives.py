@@ -51,11 +51,11 @@ from rodpo.experiments.false_negatives_judge import (
 )
 from rodpo.metrics import per_user_metrics
 from rodpo.model.config import ModelConfig
+from rodpo.model.assembly import DATA_FIELDS, build_model
 from rodpo.ranking import evaluate_model
 from rodpo.sequences import SequenceData, build_sequence_data
-from rodpo.training.assembly import DATA_FIELDS, build_model
 from rodpo.training.config import DPOConfig, TrainConfig
-from rodpo.training.dpo import NEGATIVE_STRATEGIES
+from rodpo.training.negatives import NEGATIVE_STRATEGIES
 from rodpo.training.objectives import OBJECTIVES
 from rodpo.training.trainer import train
 

@@ -18,7 +18,6 @@ A setting is named by how it differs from the base: ``rodpo`` (the base, the pap
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -29,12 +28,16 @@ from typing import Any
 
 from rodpo.experiments.controls import (CONTROL_LABELS, CONTROL_PREFIX, LAMBDA_ZERO, check_row_controls,
                                         control_overrides, enabled_controls, resolve_row_controls)
+from rodpo.experiments.overrides import (
+    SECTIONS,
+    apply_overrides,
+    check_override_path,
+    normalised_sections,
+    section_difference,
+)
 from rodpo.metrics import METRIC_NAMES
-from rodpo.model.config import ModelConfig
-from rodpo.training.assembly import DATA_FIELDS
-from rodpo.training.trainer import DPOConfig, TrainConfig
+from rodpo.training.config import TrainConfig
 
-SECTIONS = ("model", "warmup", "rodpo")
 STAGE_SECTIONS = {"warmup": ("model", "warmup"), "dpo": ("rodpo",)}
 BASE_DPO = "rodpo"     # name of the base DPO setting: the reference every study tests against
 BASE_WARMUP = "warmup"
@@ -145,100 +148,6 @@ class ExperimentPlan:
             "studies": {name: s.to_dict() for name, s in self.studies.items()},
             "runs": self.runs(),
         }
-
-
-# ------------------------------------------------------------------------------ overrides
-def section_dict(value: Any) -> dict[str, Any]:
-    """A parameter block as a plain dict, whether Kedro passed a dict or built the dataclass."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, Mapping):
-        return copy.deepcopy(dict(value))
-    raise TypeError(f"expected a parameter mapping or dataclass, got {type(value).__name__}.")
-
-
-def _allowed_keys(section: str) -> dict[str, Any]:
-    """Leaf paths (inside a section) a variant may override, mapped to their dataclass default."""
-    if section == "model":
-        return {f.name: _default(f) for f in dataclasses.fields(ModelConfig) if f.name not in DATA_FIELDS}
-    keys = {f.name: _default(f) for f in dataclasses.fields(TrainConfig) if f.name != "dpo"}
-    keys.update({f"dpo.{f.name}": _default(f) for f in dataclasses.fields(DPOConfig)})
-    return keys
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
-
-
-def check_override_path(path: str, *, where: str, allow_seed: bool = False) -> tuple[str, str]:
-    """Split 'rodpo.dpo.k' into ('rodpo', 'dpo.k'); errors name the path, the problem and the fix."""
-    section, _, key = path.partition(".")
-    if section not in SECTIONS or not key:
-        raise ValueError(f"{where}: override {path!r} must start with one of {SECTIONS}, e.g. "
-                         "'rodpo.dpo.k' or 'model.moe_mode'.")
-    allowed = _allowed_keys(section)
-    if key not in allowed:
-        raise ValueError(f"{where}: override {path!r}: {section} has no setting {key!r}; "
-                         f"use one of {sorted(allowed)}.")
-    if key == "stage":
-        raise ValueError(f"{where}: override {path!r}: the stage is fixed by the pipeline; use "
-                         "`warmup_only: true` on a row to evaluate a warm-up model.")
-    if key == "seed" and not allow_seed:
-        raise ValueError(f"{where}: override {path!r}: seeds come from `seeds:` of the preset.")
-    if section == "warmup" and key.startswith("dpo."):
-        raise ValueError(f"{where}: override {path!r} has no effect in the warm-up stage; use 'rodpo.{key}'.")
-    return section, key
-
-
-def apply_overrides(sections: Mapping[str, Mapping[str, Any]], overrides: Mapping[str, Any],
-                    *, where: str = "overrides") -> dict[str, dict[str, Any]]:
-    """Copy of the parameter sections with dotted overrides set (``{'rodpo.dpo.k': 10}``)."""
-    out = {name: section_dict(values) for name, values in sections.items()}
-    for path, value in overrides.items():
-        section, key = check_override_path(path, where=where, allow_seed=True)
-        if section not in out:
-            raise ValueError(f"{where}: override {path!r} does not apply to this stage (it sets "
-                             f"{sorted(out)} only).")
-        target = out[section]
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = value
-    return out
-
-
-def _normalised(sections: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Every field filled with its default, so equal settings compare equal however they are written."""
-    out = {}
-    for section, values in sections.items():
-        if section == "model":
-            model = {**_allowed_keys("model"), **values}
-            model["modalities"] = list(model["modalities"])
-            out[section] = model
-        else:
-            out[section] = TrainConfig(**values).to_dict()
-    return out
-
-
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _difference(base: Mapping[str, Mapping[str, Any]], other: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Dotted paths whose value in ``other`` differs from ``base``, sorted."""
-    base_flat = {f"{s}.{k}": v for s in base for k, v in _flatten(base[s]).items()}
-    other_flat = {f"{s}.{k}": v for s in other for k, v in _flatten(other[s]).items()}
-    return {path: other_flat[path] for path in sorted(other_flat) if other_flat[path] != base_flat.get(path)}
 
 
 # --------------------------------------------------------------------------------- names
@@ -358,7 +267,7 @@ def plan_experiments(design: Mapping[str, Any], base: Mapping[str, Any]) -> Expe
         check_override_path(path, where="experiments.overrides")
     base_sections = apply_overrides({s: base[s] for s in SECTIONS}, preset_overrides,
                                     where="experiments.overrides")
-    normal_base = _normalised(base_sections)
+    normal_base = normalised_sections(base_sections)
 
     settings: dict[str, Setting] = {}
     identities: dict[str, str] = {}  # identity json -> setting name
@@ -381,8 +290,8 @@ def plan_experiments(design: Mapping[str, Any], base: Mapping[str, Any]) -> Expe
                     said_by_prefix: Collection[str] = ()) -> tuple[str, str]:
         """(setting, its warm-up setting). A DPO setting is named `prefix` plus how it differs from the
         base, except in the paths the prefix already says (a control's own overrides)."""
-        effective = _normalised(apply_overrides(base_sections, overrides, where=where))
-        difference = _difference(normal_base, effective)
+        effective = normalised_sections(apply_overrides(base_sections, overrides, where=where))
+        difference = section_difference(normal_base, effective)
         warmup_difference = {p: v for p, v in difference.items() if p.split(".")[0] != "rodpo"}
         warmup = register("warmup", warmup_difference, None, BASE_WARMUP, warmup_difference)
         if warmup_only:

@@ -8,8 +8,6 @@ Row i belongs to item id i; row 0 and items without a usable image are zeros wit
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,6 +23,7 @@ from tqdm.auto import tqdm
 from rodpo.devices import resolve_device
 from rodpo.features.common import autocast_for, check_item_ids, with_padding_row
 from rodpo.features.images import fetch_item_images
+from rodpo.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -97,15 +96,9 @@ def build_random_clip_checkpoint(path: str | Path, arch: str = DEMO_ARCH, seed: 
             model = open_clip.create_model(arch, pretrained=None, device="cpu")
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
-    os.close(handle)
-    try:
-        # One metadata entry only: safetensors writes several in hash order, which breaks byte-identity.
-        save_file(state, temp, metadata={"rodpo": f"random {arch} weights, seed {seed}; features are not semantic"})
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    # One metadata entry only: safetensors writes several in hash order, which breaks byte-identity.
+    metadata = {"rodpo": f"random {arch} weights, seed {seed}; features are not semantic"}
+    atomic_write(path, lambda temporary: save_file(state, str(temporary), metadata=metadata), suffix=".part")
     return path
 
 

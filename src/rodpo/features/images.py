@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +21,7 @@ from PIL import Image
 
 from rodpo.data.download import DownloadError, local_source
 from rodpo.features.common import check_item_ids, item_column
+from rodpo.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -115,16 +114,7 @@ def _download(url: str, timeout_s: float, max_bytes: int) -> bytes:
 
 def _write_atomic(directory: Path, name: str, data: bytes) -> Path:
     """Temp file then rename: an interrupted run never leaves a half image under the final name."""
-    handle, temp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        target = directory / name
-        os.replace(temp, target)
-        return target
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    return atomic_write(directory / name, lambda temporary: temporary.write_bytes(data), suffix=".part")
 
 
 def _remove_leftover_parts(cache_dir: Path) -> None:

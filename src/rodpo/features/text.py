@@ -11,8 +11,6 @@ import hashlib
 import importlib
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +22,7 @@ from tqdm.auto import tqdm
 from rodpo.devices import resolve_device
 from rodpo.features.common import autocast_for, check_item_ids, with_padding_row
 from rodpo.features.templates import DEFAULT_TEMPLATE, build_item_texts
+from rodpo.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -133,14 +132,11 @@ def _chunk_cache_path(cache_dir: Path, fingerprint: str, pooling: str, max_lengt
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     """Write to a temp file in the same folder then rename, so an interrupted run leaves no half file."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
+    def save(temporary: Path) -> None:
+        with open(temporary, "wb") as file:  # a file object: np.save would append ".npy" to a name
             np.save(file, array, allow_pickle=False)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, save)
 
 
 def _load_cached_chunk(path: Path, rows: int, dim: int) -> np.ndarray | None:

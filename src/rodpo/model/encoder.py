@@ -23,6 +23,7 @@ from torch import nn
 from rodpo.model.config import ModelConfig
 from rodpo.model.moe import ItemRefinement
 from rodpo.model.temporal import TemporalExperts
+from rodpo.sequences import trim_to_longest
 
 FEATURE_MODALITIES = ("text", "image")
 
@@ -273,3 +274,20 @@ class RoDPOModel(nn.Module):
     def score_next(self, item_ids: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
         """Dense next-item scores (B, I+1): the reference the chunked scoring core is tested against."""
         return self.all_item_logits(self.last_states(item_ids, timestamps))
+
+
+def encode_targets(model: nn.Module, inputs: torch.Tensor, input_times: torch.Tensor, is_target: torch.Tensor,
+                   encoder_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """States at the target positions (N, M*d), in row-major order of a length-sorted batch.
+
+    The rows are encoded in `encoder_chunks` contiguous groups, each cut to its own longest
+    sequence: the same result as one padded call (attention is causal and masks padding), with far
+    fewer padding positions. The MoE aux loss is averaged over the groups.
+    """
+    states, aux_losses = [], []
+    for rows in torch.arange(inputs.shape[0], device=inputs.device).chunk(encoder_chunks):
+        chunk_targets, chunk_inputs, chunk_times = trim_to_longest(is_target[rows], inputs[rows], input_times[rows])
+        chunk_states, aux_loss = model.encode(chunk_inputs, chunk_times)
+        states.append(chunk_states[chunk_targets])
+        aux_losses.append(aux_loss)
+    return torch.cat(states), torch.stack(aux_losses).mean()

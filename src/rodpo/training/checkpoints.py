@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import pickle
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from rodpo.files import atomic_write
 from rodpo.processes import process_identity, process_is_gone
 
 try:
@@ -75,13 +75,7 @@ def run_key(*parts: Any) -> str:
 
 
 def _atomic(path: Path, write) -> None:
-    """`write` to a temporary name no other writer uses, then rename over `path`."""
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    atomic_write(path, write, suffix=TEMPORARY_SUFFIX)  # a name of its own: concurrent writers never share one
 
 
 def weights_copy(model: nn.Module) -> dict[str, torch.Tensor]:

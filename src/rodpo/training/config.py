@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rodpo.parameters import Number, check_number, check_numbers
-from rodpo.training.dpo import NEGATIVE_STRATEGIES, POOL_EXCLUSIONS
+from rodpo.training.negatives import NEGATIVE_STRATEGIES, POOL_EXCLUSIONS
 from rodpo.training.objectives import OBJECTIVES, REFERENCE_FREE, validate_objective_config
 
 STAGES = ("warmup", "dpo")
@@ -60,7 +60,7 @@ class DPOConfig:
     # 0.0489 / 0.0490 / 0.0502 / 0.0504 for lambda = 0 / 0.1 / 0.5 / 1.0: 1.0 chosen on validation.
     lambda_dpo: float = 1.0
     negative_strategy: str = "topk_uniform"
-    # Items left out of each target's negative pool besides the positive (rodpo.training.dpo.POOL_EXCLUSIONS):
+    # Items left out of each target's negative pool besides the positive (rodpo.training.negatives.POOL_EXCLUSIONS):
     # none (the paper) | earlier_items (the window's items before the target) | window_items (the whole
     # window, later targets included). Every strategy honours it, random included.
     exclude_from_pool: str = "none"

@@ -1,4 +1,4 @@
-"""Stage-2 preference objectives on item scores, and the sampler step that draws M losers per row.
+"""RoDPO's objective (Eq. 6, `rodpo_loss`) and the stage-2 preference objectives on item scores.
 
 Every objective maps per-row scores to a per-row loss (N,): the policy's score of the winning item
 s(w) (N,) and of M losing items s(l) (N, M), plus, for the reference-based ones, the frozen
@@ -14,11 +14,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rodpo.scoring import draw_from_pool  # noqa: F401 - the pool draw lives in the scoring core
-from rodpo.training.dpo import NEGATIVE_STRATEGIES
+from rodpo.training.negatives import NEGATIVE_STRATEGIES
 
 REFERENCE_FREE = {"simpo", "bpr"}
 _POOLED_STRATEGIES = ("topk_uniform", "argmax")  # losers come from a pool of K (argmax: of 1)
+
+
+def rodpo_loss(ce: torch.Tensor, preference: torch.Tensor | None, aux: torch.Tensor, *, lambda_dpo: float,
+               aux_weight: float = 0.0) -> torch.Tensor:
+    """L = L_CE + λ · L_pref  (paper Eq. 6), plus the MoE load-balancing term aux_weight · L_aux.
+
+    The warm-up (stage 1) is the same with no preference term (`preference` None). The one place
+    the terms are combined: the optimised loss and the logged loss both come from here.
+    """
+    loss = ce + aux_weight * aux
+    return loss if preference is None else loss + lambda_dpo * preference
 
 
 def dpo(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,

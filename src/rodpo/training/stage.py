@@ -2,11 +2,13 @@
 reference, the optimizer, the random streams, one step's losses and one epoch.
 
 warmup: L = L_CE (+ moe_aux_weight * L_aux)                      -> pi_sft
-dpo:    L = L_CE + lambda * L_pref (+ moe_aux_weight * L_aux)    (Eq. 6), policy <- pi_sft,
-        reference = frozen pi_sft, y_l from the policy's own scores (Eq. 4).
+dpo:    L = L_CE + lambda * L_pref (+ moe_aux_weight * L_aux)    (Eq. 6, `objectives.rodpo_loss`),
+        policy <- pi_sft, reference = frozen pi_sft (reference.py), y_l from the policy's own
+        scores (Eq. 4, negatives.py).
 Each step encodes every sequence once and supervises all its positions: states are gathered at
 the real target positions, and every score goes through the chunked scoring core (rodpo.scoring),
-so no (N, n_items) logits exist. The reference only scores (y_w, y_l) per position.
+so no (N, n_items) logits exist. A DPO step scores the catalog once: the CE pass also yields the
+top-K pool the losers are drawn from. The reference only scores (y_w, y_l) per position.
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ from tqdm.auto import tqdm
 from rodpo.devices import resolve_device
 from rodpo.distributed import SINGLE_PROCESS, DistributedContext, all_gather_rows, all_reduce_sum, rank_device
 from rodpo.ranking import evaluate_model
+from rodpo.model import encode_targets
 from rodpo.model.moe import SparseNoisyMoE
-from rodpo.scoring import chunked_cross_entropy
-from rodpo.sequences import SequenceData, trim_to_longest
+from rodpo.scoring import chunked_cross_entropy, cross_entropy_and_top_k
+from rodpo.sequences import SequenceData
 from rodpo.training.checkpoints import BEST_WEIGHTS
 from rodpo.training.config import VALID_KS, TrainConfig
-from rodpo.training.dpo import frozen_reference, implicit_reward_stats, pool_exclusions, sample_negatives
-from rodpo.training.objectives import preference_loss
+from rodpo.training.negatives import draw_negatives, pool_exclusions, pool_size
+from rodpo.training.objectives import preference_loss, rodpo_loss
+from rodpo.training.reference import ReferenceScorer, implicit_reward_stats
 
 logger = logging.getLogger("rodpo.training")
 # Called once per DPO step with the sampled pairs: users (N,), the item before each target (N,),
@@ -54,30 +58,13 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def _set_policy_mode(policy: nn.Module, stochastic: bool) -> None:
+def set_policy_mode(policy: nn.Module, stochastic: bool) -> None:
     """Training mode; with stochastic=False dropout and MoE router noise are switched off."""
     policy.train()
     if not stochastic:
         for module in policy.modules():
             if isinstance(module, (nn.Dropout, SparseNoisyMoE)):
                 module.eval()
-
-
-def encode_targets(model: nn.Module, inputs: torch.Tensor, input_times: torch.Tensor, is_target: torch.Tensor,
-                   encoder_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """States at the target positions (N, M*d), in row-major order of a length-sorted batch.
-
-    The rows are encoded in `encoder_chunks` contiguous groups, each cut to its own longest
-    sequence: the same result as one padded call (attention is causal and masks padding), with far
-    fewer padding positions. The MoE aux loss is averaged over the groups.
-    """
-    states, aux_losses = [], []
-    for rows in torch.arange(inputs.shape[0], device=inputs.device).chunk(encoder_chunks):
-        chunk_targets, chunk_inputs, chunk_times = trim_to_longest(is_target[rows], inputs[rows], input_times[rows])
-        chunk_states, aux_loss = model.encode(chunk_inputs, chunk_times)
-        states.append(chunk_states[chunk_targets])
-        aux_losses.append(aux_loss)
-    return torch.cat(states), torch.stack(aux_losses).mean()
 
 
 class PolicyForward(nn.Module):
@@ -93,48 +80,6 @@ class PolicyForward(nn.Module):
                 is_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         states, aux_loss = encode_targets(self.policy, inputs, input_times, is_target, self.encoder_chunks)
         return states, aux_loss, self.policy.scoring_table()
-
-
-class ReferenceScorer:
-    """s_ref(x, y) for the pairs of a step. mode "model": a frozen copy of pi_sft encodes each batch;
-    mode "cached_states": pi_sft's states at every training target are computed once (the reference
-    never changes) and the copy is dropped. The reference's item table is computed once either way."""
-
-    def __init__(self, sft: nn.Module, data_items: torch.Tensor, data_times: torch.Tensor, mode: str,
-                 encoder_chunks: int, autocast) -> None:
-        self.mode, self.encoder_chunks, self.autocast = mode, encoder_chunks, autocast
-        self.model = frozen_reference(sft).to(data_items.device)
-        with torch.no_grad(), autocast():
-            self.table = self.model.scoring_table().detach()  # (I+1, D)
-        self.cached = None
-        if mode == "cached_states":
-            self.cached, self.offsets = self._all_target_states(data_items, data_times)
-            self.model = None  # the states are all a step needs
-
-    def _all_target_states(self, items: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """States at each window's targets, concatenated in window order; offsets (W,) into them."""
-        n_targets = ((items > 0).sum(dim=1) - 1).clamp(min=0)
-        offsets = torch.cumsum(n_targets, 0) - n_targets
-        parts = []
-        with torch.no_grad(), self.autocast():
-            for start in range(0, items.shape[0], 1024):
-                window_items, window_times = items[start:start + 1024], times[start:start + 1024]
-                is_target = window_items[:, 1:] > 0
-                states, _ = encode_targets(self.model, window_items[:, :-1], window_times[:, :-1], is_target,
-                                           self.encoder_chunks)
-                parts.append(states.detach())
-        return torch.cat(parts), offsets
-
-    def scores(self, rows: torch.Tensor, inputs: torch.Tensor, input_times: torch.Tensor, is_target: torch.Tensor,
-               pairs: torch.Tensor) -> torch.Tensor:
-        """(N, 1 + M) reference scores of (y_w, y_l...) for windows `rows` (in the batch's order)."""
-        if self.cached is not None:
-            positions = torch.arange(is_target.shape[1], device=rows.device)
-            states = self.cached[(self.offsets[rows][:, None] + positions[None, :])[is_target]]
-        else:
-            with torch.no_grad(), self.autocast():
-                states, _ = encode_targets(self.model, inputs, input_times, is_target, self.encoder_chunks)
-        return torch.einsum("nd,nmd->nm", states.float(), F.embedding(pairs, self.table).float())
 
 
 class Stage:
@@ -167,6 +112,7 @@ class Stage:
         self.train_timestamps = torch.from_numpy(data.train.timestamps).to(self.device)
         self.aux_weight = getattr(getattr(model, "config", None), "moe_aux_weight", 0.0)
         self.pool_k = self._pool_size(data.n_items) if self.is_dpo else None
+        self.ce_backend = "auto"  # rodpo.scoring.BACKENDS; benchmarks pin "chunked" or "kernel" to compare them
         self.reference = None
         if self.is_dpo and config.dpo.uses_reference:
             sft = reference_model if reference_model is not None else model
@@ -238,29 +184,47 @@ class Stage:
         scale = loss_scale if loss_scale is not None else 1.0 / max(positive_item.numel(), 1)
         with self.autocast():
             target_states, aux_loss, table = self.forward(inputs, input_times, is_target)
-        chunk = self.config.score_chunk_items
-        ce_rows = chunked_cross_entropy(target_states, table, positive_item, chunk_items=chunk, reduction="none")
+        ce_rows, exclude_ids, pool = self._cross_entropy_and_pool(items, is_target, target_states, table, positive_item)
         n_targets = max(positive_item.numel(), 1)
         losses = {"ce_loss": ce_rows.detach().mean(), "aux_loss": aux_loss.detach(), "n_targets": positive_item.numel()}
-        loss = ce_rows.sum() * scale + self.aux_weight * aux_loss
+        preference = None
         if self.is_dpo:
-            preference, stats = self._preference_losses(items, is_target, target_states, table, positive_item,
-                                                        rows, inputs, input_times)
+            preference_rows, stats = self._preference_losses(is_target, target_states, table, positive_item, rows,
+                                                             inputs, input_times, exclude_ids, pool)
             losses.update(stats)
-            losses["dpo_loss"] = preference.detach().mean()
+            losses["dpo_loss"] = preference_rows.detach().mean()
             losses["score_margin"] = losses["score_margin"] / n_targets
-            loss = loss + self.config.dpo.lambda_dpo * preference.sum() * scale  # Eq. (6)
-        losses["loss"] = loss
+            preference = preference_rows.sum() * scale
+        losses["loss"] = self.total_loss(ce_rows.sum() * scale, preference, aux_loss)
         return losses
 
-    def _preference_losses(self, items, is_target, target_states, table, positive_item, rows, inputs, input_times):
+    def total_loss(self, ce: torch.Tensor, preference: torch.Tensor | None, aux: torch.Tensor) -> torch.Tensor:
+        """Eq. 6 with this stage's λ and MoE aux weight: the optimised loss and the logged one alike."""
+        return rodpo_loss(ce, preference, aux, lambda_dpo=self.config.dpo.lambda_dpo, aux_weight=self.aux_weight)
+
+    def _cross_entropy_and_pool(self, items, is_target, target_states, table, positive_item):
+        """Per-target CE (N,), and in a DPO step the ids left out of the negative pool (N, L + 1) or
+        None and the top-K pool (N, K) of Eq. 4 from the same pass over the catalog (random: None)."""
+        chunk, dpo = self.config.score_chunk_items, self.config.dpo
+        if not self.is_dpo:
+            return chunked_cross_entropy(target_states, table, positive_item, chunk_items=chunk, reduction="none",
+                                         backend=self.ce_backend), None, None
+        exclude_ids = pool_exclusions(items, is_target, dpo.exclude_from_pool)
+        k = pool_size(dpo.negative_strategy, self.pool_k)  # K capped at the catalog
+        if k is None:
+            return chunked_cross_entropy(target_states, table, positive_item, chunk_items=chunk, reduction="none",
+                                         backend=self.ce_backend), exclude_ids, None
+        ce_rows, _, pool = cross_entropy_and_top_k(target_states, table, positive_item, k, exclude_ids=exclude_ids,
+                                                   chunk_items=chunk, reduction="none", backend=self.ce_backend)
+        return ce_rows, exclude_ids, pool
+
+    def _preference_losses(self, is_target, target_states, table, positive_item, rows, inputs, input_times,
+                           exclude_ids, pool):
         """Per-target preference losses (N,) and their diagnostics (sums over targets)."""
         dpo = self.config.dpo
-        exclude_ids = pool_exclusions(items, is_target, dpo.exclude_from_pool)  # (N, L + 1) or None
-        sampled_negative = sample_negatives(target_states, table, positive_item, dpo.negative_strategy, self.pool_k,
-                                            self.sample_generator, exclude_ids=exclude_ids,
-                                            n_negatives=dpo.n_negatives,
-                                            chunk_items=self.config.score_chunk_items)  # (N, M)
+        sampled_negative = draw_negatives(dpo.negative_strategy, pool, positive_item, table.shape[0] - 1,
+                                          self.sample_generator, exclude_ids=exclude_ids,
+                                          n_negatives=dpo.n_negatives)  # (N, M)
         pairs = torch.cat([positive_item[:, None], sampled_negative], dim=1)  # (N, 1 + M): y_w, y_l...
         policy_scores = torch.einsum("nd,nmd->nm", target_states.float(), F.embedding(pairs, table).float())
         reference_scores = (self.reference.scores(rows, inputs, input_times, is_target, pairs)
@@ -304,7 +268,7 @@ class Stage:
     def train_epoch(self, epoch: int, run_dir: Path | None) -> dict[str, float]:
         """One pass over the windows in a seeded permutation (the same on every rank); each global
         batch is split over the ranks, and every loss is a mean over the global batch's targets."""
-        _set_policy_mode(self.policy, stochastic=not self.is_dpo or self.config.dpo.policy_dropout_in_dpo)
+        set_policy_mode(self.policy, stochastic=not self.is_dpo or self.config.dpo.policy_dropout_in_dpo)
         n_windows = self.train_items.shape[0]
         order = torch.randperm(n_windows, generator=self.shuffle_generator).to(self.device)
         batch_starts = range(0, n_windows, self.config.batch_size)
@@ -331,9 +295,8 @@ class Stage:
             self.scaler.update()
             n_targets = losses.pop("n_targets")
             n_total += n_targets
-            losses.pop("loss")  # this rank's share of the optimised loss; the logged one is recomposed:
-            losses["loss"] = (losses["ce_loss"] + self.aux_weight * losses["aux_loss"]
-                              + (self.config.dpo.lambda_dpo * losses["dpo_loss"] if self.is_dpo else 0.0))
+            losses.pop("loss")  # this rank's share of the optimised loss; the logged one is Eq. 6 of the means:
+            losses["loss"] = self.total_loss(losses["ce_loss"], losses.get("dpo_loss"), losses["aux_loss"])
             for name, value in losses.items():  # means are weighted by targets, reward sums are already sums
                 weight = 1.0 if name.startswith("rewards_") else n_targets
                 totals[name] = totals.get(name, 0.0) + value.detach().float() * weight

@@ -47,10 +47,9 @@ from rodpo.training.checkpoints import (
     weights_copy,
 )
 from rodpo.training.config import DPOConfig, TrainConfig  # noqa: F401 - the trainer's public settings
-from rodpo.training.stage import PairMonitor, Stage, _set_policy_mode  # noqa: F401 - tests reach the stage through here
+from rodpo.training.stage import PairMonitor, Stage
 
 logger = logging.getLogger("rodpo.training")
-_Stage = Stage  # the name tests and benchmarks used before the stage had its own module
 
 
 def item_features_fingerprint(model: nn.Module) -> str:

@@ -11,7 +11,7 @@ from rodpo.evaluation.case_study import build_case_study, case_study_markdown
 from rodpo.evaluation.recommend import DEFAULT_BATCH_SIZE, top_n_items
 from rodpo.lineage import check_catalog
 from rodpo.model.encoder import RoDPOModel
-from rodpo.training.assembly import attach_item_features
+from rodpo.model.assembly import attach_item_features
 from rodpo.sequences import build_sequence_data
 
 

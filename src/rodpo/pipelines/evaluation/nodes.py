@@ -12,7 +12,7 @@ from rodpo.ranking import evaluate_model
 from rodpo.evaluation.reports import comparison_table_markdown, logit_distribution_figure, metrics_markdown
 from rodpo.lineage import check_catalog
 from rodpo.model.encoder import RoDPOModel
-from rodpo.training.assembly import attach_item_features
+from rodpo.model.assembly import attach_item_features
 from rodpo.sequences import build_sequence_data
 
 

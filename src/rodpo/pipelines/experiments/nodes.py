@@ -14,7 +14,8 @@ import matplotlib.figure
 import polars as pl
 
 from rodpo.experiments.aggregate import SignificanceParams, summarise_study
-from rodpo.experiments.plan import Study, apply_overrides, plan_experiments
+from rodpo.experiments.overrides import apply_overrides
+from rodpo.experiments.plan import Study, plan_experiments
 from rodpo.experiments.reports import study_figure, study_logit_figure, study_table_markdown
 from rodpo.training.trainer import TrainConfig
 

@@ -10,7 +10,7 @@ import polars as pl
 from rodpo.evaluation.recommend import DEFAULT_BATCH_SIZE, DEFAULT_TOP_N, recommend_top_n
 from rodpo.lineage import STAGE, check_catalog, model_lineage
 from rodpo.model.encoder import RoDPOModel
-from rodpo.training.assembly import attach_item_features
+from rodpo.model.assembly import attach_item_features
 
 RECOMMENDABLE_MODELS = ("rodpo", "warmup")
 STAGE_OF_MODEL = {"rodpo": "dpo", "warmup": "warmup"}

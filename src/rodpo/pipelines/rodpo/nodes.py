@@ -7,7 +7,7 @@ import polars as pl
 
 from rodpo.lineage import STAGE, check_catalog, model_lineage
 from rodpo.model.encoder import RoDPOModel
-from rodpo.training.assembly import attach_item_features
+from rodpo.model.assembly import attach_item_features
 from rodpo.sequences import build_sequence_data
 from rodpo.training.trainer import TrainConfig, train
 

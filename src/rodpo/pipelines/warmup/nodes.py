@@ -7,7 +7,7 @@ import polars as pl
 
 from rodpo.lineage import FEATURES, ITEM_CATALOG, STAGE, check_catalog, features_fingerprint
 from rodpo.model.encoder import RoDPOModel
-from rodpo.training.assembly import build_model
+from rodpo.model.assembly import build_model
 from rodpo.sequences import build_sequence_data
 from rodpo.training.trainer import TrainConfig, train
 

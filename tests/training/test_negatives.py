@@ -1,17 +1,12 @@
+"""The losers of stage 2 (Eq. 4 and the ablations) and what each pool leaves out."""
+
 import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
 
-from rodpo.training.dpo import frozen_reference, implicit_reward_stats, pool_exclusions, sample_negatives
-
-
-def test_implicit_reward_stats_are_sums_over_pairs():
-    stats = implicit_reward_stats(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]),
-                                  torch.zeros(2), torch.zeros(2), beta=2.0)
-    assert stats["rewards_chosen"].item() == 2.0
-    assert stats["rewards_margin"].item() == 0.0  # (2 - 0) + (0 - 2)
-    assert stats["rewards_accuracy"].item() == 1.0
+from rodpo.scoring import cross_entropy_and_top_k
+from rodpo.training.negatives import draw_negatives, pool_exclusions, pool_size, sample_negatives
 
 
 def _ranked(n_rows: int, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,19 +91,29 @@ def test_chunked_pools_do_not_depend_on_the_chunk_size():
     assert all(torch.equal(draws[0], other) for other in draws[1:])
 
 
+@pytest.mark.parametrize("strategy", ["topk_uniform", "argmax", "random"])
+@pytest.mark.parametrize("chunk", [7, 64, 300])  # 7 and 64 do not divide the 300 items
+def test_losers_from_the_ce_pass_pool_equal_the_separate_sampler_for_the_same_seed(strategy, chunk):
+    torch.manual_seed(0)
+    states, table = torch.randn(64, 8), torch.randn(301, 8)
+    positives = torch.randint(1, 301, (64,))
+    history = torch.randint(0, 301, (64, 6))
+    m = 1 if strategy == "argmax" else 3
+    separate = sample_negatives(states, table, positives, strategy, k=20, chunk_items=chunk, exclude_ids=history,
+                                n_negatives=m, generator=torch.Generator().manual_seed(7))
+    pool = None
+    if pool_size(strategy, 20) is not None:
+        _, _, pool = cross_entropy_and_top_k(states, table, positives, pool_size(strategy, 20), exclude_ids=history,
+                                             chunk_items=chunk)
+    assert (pool is None) == (strategy == "random")  # random needs no scores
+    fused = draw_negatives(strategy, pool, positives, 300, torch.Generator().manual_seed(7), exclude_ids=history,
+                           n_negatives=m)
+    assert torch.equal(fused, separate)
+
+
 def test_unknown_strategy_is_rejected():
     with pytest.raises(ValueError, match="strategy"):
         sample_negatives(*_ranked(1, 5), torch.tensor([1]), "hardest")
-
-
-def test_frozen_reference_is_eval_mode_without_gradients_and_shares_buffers():
-    policy = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
-    policy.register_buffer("features", torch.ones(3), persistent=False)
-    reference = frozen_reference(policy)
-    assert not reference.training
-    assert all(not p.requires_grad for p in reference.parameters())
-    assert reference.features is policy.features
-    assert reference[0].weight is not policy[0].weight
 
 
 def _windows_and_targets() -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,14 +1,10 @@
-"""RoDPO's stage-2 pieces: negative samplers (Eq. 4 and the paper's ablations) and what they leave
-out of the pool, the frozen reference policy, and TRL-style implicit-reward statistics. The losses
-(DPO, Eq. 5, and the other objectives) are in `rodpo.training.objectives`.
-"""
+"""The losers y_l of stage 2: the top-K pool of Eq. 4 and the paper's ablations (argmax, random), and
+what `rodpo.dpo.exclude_from_pool` leaves out of a pool. A training step takes the pool from its CE
+pass (`rodpo.scoring.cross_entropy_and_top_k`) and draws with `draw_negatives`."""
 
 from __future__ import annotations
 
-import copy
-
 import torch
-from torch import nn
 
 from rodpo.scoring import draw_from_pool, top_k_items
 
@@ -17,27 +13,6 @@ NEGATIVE_STRATEGIES = ("topk_uniform", "argmax", "random")
 # none (the paper), earlier_items (the items before the target in its training window: what the
 # user had interacted with at that step), window_items (the whole window, later targets included).
 POOL_EXCLUSIONS = ("none", "earlier_items", "window_items")
-
-
-def implicit_reward_stats(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
-                          reference_chosen: torch.Tensor, reference_rejected: torch.Tensor,
-                          beta: float) -> dict[str, torch.Tensor]:
-    """Sums (not means, so epochs can be pooled) of TRL's DPO diagnostics over the pairs.
-
-    reward = beta * (s - s_ref); margin = reward(y_w) - reward(y_l); accuracy = margin > 0.
-    """
-    with torch.no_grad():
-        chosen = beta * (policy_chosen - reference_chosen).float()
-        rejected = beta * (policy_rejected - reference_rejected).float()
-        margin = chosen - rejected
-        return {
-            "rewards_chosen": chosen.sum(),
-            "rewards_rejected": rejected.sum(),
-            "rewards_margin": margin.sum(),
-            "rewards_accuracy": (margin > 0).float().sum(),
-        }
-
-
 MAX_REJECTION_ROUNDS = 200
 
 
@@ -52,22 +27,46 @@ def sample_negatives(states: torch.Tensor, table: torch.Tensor, positives: torch
     argmax:       the best-scored non-positive item (hard negative ablation; M = 1);
     random:       uniform over all real items except the positive (random ablation).
     `exclude_ids` (N, L) item ids, 0-padded, leave more items out of every strategy's pool (see
-    `pool_exclusions`; none in the paper). `generator` must live on the states' device.
+    `pool_exclusions`; none in the paper). `generator` must live on the states' device. A training
+    step gets the pool from its CE pass instead (`rodpo.scoring.cross_entropy_and_top_k`) and calls
+    `draw_negatives`: the same losers for the same generator state.
     """
-    if strategy not in NEGATIVE_STRATEGIES:
-        raise ValueError(f"sample_negatives: strategy={strategy!r}, expected one of {NEGATIVE_STRATEGIES}.")
+    size = pool_size(strategy, k)
+    pool = None
+    if size is not None:
+        _, pool = top_k_items(states.detach(), table.detach(), size, exclude_targets=positives.view(-1),
+                              exclude_ids=exclude_ids, chunk_items=chunk_items)  # (N, K), 0 = no item left
+    return draw_negatives(strategy, pool, positives, table.shape[0] - 1, generator, exclude_ids=exclude_ids,
+                          n_negatives=n_negatives)
+
+
+def pool_size(strategy: str, k: int) -> int | None:
+    """K of the top-K pool `strategy` draws from (argmax: 1); None for random, which needs no scores."""
+    _check_strategy(strategy)
+    return None if strategy == "random" else 1 if strategy == "argmax" else k
+
+
+def draw_negatives(strategy: str, pool: torch.Tensor | None, positives: torch.Tensor, n_items: int,
+                   generator: torch.Generator | None = None, *, exclude_ids: torch.Tensor | None = None,
+                   n_negatives: int = 1) -> torch.Tensor:
+    """The losers (N, M) of `sample_negatives` from an already scored pool: `pool` (N, pool_size)
+    item ids best first, 0 = no item left, which excludes the positives and `exclude_ids` (None for
+    random, which draws from all n_items items but those)."""
+    _check_strategy(strategy)
     positives = positives.view(-1)
     if strategy == "random":
-        return _uniform_negatives(positives, table.shape[0] - 1, n_negatives, generator, exclude_ids)
-    pool_size = 1 if strategy == "argmax" else k
-    _, pool = top_k_items(states.detach(), table.detach(), pool_size, exclude_targets=positives,
-                          exclude_ids=exclude_ids, chunk_items=chunk_items)  # (N, K), 0 = no item left
+        return _uniform_negatives(positives, n_items, n_negatives, generator, exclude_ids)
     if strategy == "argmax":
         if bool((pool[:, 0] == 0).any()):
             raise ValueError("sample_negatives: a row has no candidate negative left (every item is the positive, "
                              "padding or excluded); set rodpo.dpo.exclude_from_pool=none.")
         return pool[:, :1]
     return draw_from_pool(pool, pool > 0, n_negatives, generator)
+
+
+def _check_strategy(strategy: str) -> None:
+    if strategy not in NEGATIVE_STRATEGIES:
+        raise ValueError(f"sample_negatives: strategy={strategy!r}, expected one of {NEGATIVE_STRATEGIES}.")
 
 
 def _uniform_negatives(positives: torch.Tensor, n_items: int, m: int, generator: torch.Generator | None,
@@ -114,15 +113,3 @@ def pool_exclusions(windows: torch.Tensor, is_target: torch.Tensor, exclude_from
         later = torch.arange(windows.shape[1], device=windows.device)[None, :] > position[:, None]
         excluded = excluded.masked_fill(later, 0)
     return excluded
-
-
-def frozen_reference(policy: nn.Module) -> nn.Module:
-    """pi_ref <- pi_sft: a deep copy in eval mode (no dropout, no router noise) without gradients.
-
-    Frozen feature buffers are shared with the policy instead of copied.
-    """
-    shared = {id(buffer): buffer for buffer in policy.buffers()}  # deepcopy's memo: reuse, do not copy
-    reference = copy.deepcopy(policy, memo=shared)
-    reference.eval()
-    reference.requires_grad_(False)
-    return reference

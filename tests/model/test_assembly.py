@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rodpo.training.assembly import build_model
+from rodpo.model.assembly import build_model
 from rodpo.training.trainer import TrainConfig, train
 
 MODEL = dict(hidden_size=16, inner_size=32, n_heads=2, moe_mode="sparse", temporal=True)
