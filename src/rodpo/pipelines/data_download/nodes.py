@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from rodpo.data import amazon2023_benchmark as benchmark
 from rodpo.data.demo import generate_demo_dataset
 from rodpo.data.download import download_file, local_source
 from rodpo.data.sources import dataset_file_urls
@@ -39,8 +40,11 @@ def download_raw_data(
         spec["base_url"] = generated.resolve().as_uri()
 
     optional = set(sources[spec["source"]].get("optional", []))
+    urls = dataset_file_urls(spec, sources)
+    if spec["source"] == benchmark.SOURCE:  # checks the folder name; plain .csv stands in locally
+        urls = benchmark.benchmark_file_urls(spec, urls)
     files: dict[str, str | None] = {}
-    for role, url in dataset_file_urls(spec, sources).items():
+    for role, url in urls.items():
         local = local_source(url)
         if role in optional and local is not None and not local.exists():
             logger.info("%s: optional %s file %s not found, continuing without it", dataset, role, url)
@@ -57,4 +61,7 @@ def download_raw_data(
             progress=download.progress,
         )
         files[role] = str(dest)
-    return {"dataset": dataset, "source": spec["source"], "category": spec.get("category"), "files": files}
+    manifest = {"dataset": dataset, "source": spec["source"], "category": spec.get("category"), "files": files}
+    if spec["source"] == benchmark.SOURCE:
+        manifest["benchmark"] = spec.get("benchmark")
+    return manifest
