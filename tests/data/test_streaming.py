@@ -150,3 +150,15 @@ def test_a_failed_save_leaves_no_file_behind(tmp_path):
     with pytest.raises(DatasetError, match=r"r.json: 1 of 2 lines malformed.*first at line 2"):
         dataset.save(scan_interactions(path, "amazon2018"))
     assert list(tmp_path.glob("raw.parquet*")) == []
+
+
+def test_nulls_and_an_empty_core_are_refused_as_the_reference_does(tmp_path):
+    from rodpo.data.preprocess import EmptyDatasetError
+
+    schema = {"user_id": pl.Utf8, "item_id": pl.Utf8, "timestamp": pl.Int64}
+    with_null = pl.LazyFrame({"user_id": ["u1", None], "item_id": ["a", "b"], "timestamp": [1, 2]}, schema=schema)
+    with pytest.raises(ValueError, match=r"null values \{'user_id': 1, 'item_id': 0, 'timestamp': 0\}"):
+        process_interactions(with_null, work_dir=tmp_path / "a")
+    tiny = pl.LazyFrame({"user_id": ["u1", "u2"], "item_id": ["a", "a"], "timestamp": [1, 2]}, schema=schema)
+    with pytest.raises(EmptyDatasetError, match=r"3-core.*2 actions by 2 users on 1 items.*Lower k_core"):
+        process_interactions(tiny, k_core=3, work_dir=tmp_path / "b")

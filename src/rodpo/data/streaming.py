@@ -23,7 +23,9 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -58,35 +60,42 @@ def process_interactions(raw: pl.LazyFrame, *, k_core: int = 5, drop_duplicates:
     if rows_per_bucket < 1:
         raise ValueError(f"data_processing.rows_per_bucket={rows_per_bucket} must be >= 1.")
     work = _fresh(Path(work_dir))
-    raw = _validated(raw).with_row_index(_ROW)
-    carried = [SPLIT] if SPLIT in raw.collect_schema() else []
-    user_codes, item_codes = (_first_appearance(raw, column) for column in (USER, ITEM))
-    n_raw = int(user_codes["n"].sum())
-    if n_raw == 0:
-        raise EmptyDatasetError(
-            "raw_interactions is empty: the parser found no interactions. Check that the raw file was downloaded "
-            "completely and that the dataset preset names the right source.")
-    n_buckets = max(1, math.ceil(n_raw / rows_per_bucket))
-    coded = (raw.join(user_codes.lazy().select(USER, pl.col(_CODE).alias("_u")), on=USER)
-             .join(item_codes.lazy().select(ITEM, pl.col(_CODE).alias("_i")), on=ITEM)
-             .select(pl.col("_u").alias(USER), pl.col("_i").alias(ITEM), TIME, _ROW, *carried))
-    _sink_buckets(coded.with_columns((pl.col(USER) % n_buckets).alias(_BUCKET)), work / "coded")
+    with timed("codes"):
+        raw = _validated(raw).with_row_index(_ROW)
+        carried = [SPLIT] if SPLIT in raw.collect_schema() else []
+        user_codes, item_codes = pl.collect_all(
+            [_first_appearance_query(raw, column) for column in (USER, ITEM)], engine=STREAMING)
+        _refuse_nulls(user_codes, item_codes)
+        user_codes, item_codes = _numbered(user_codes), _numbered(item_codes)
+        n_raw = int(user_codes["n"].sum())
+        if n_raw == 0:
+            raise EmptyDatasetError(
+                "raw_interactions is empty: the parser found no interactions. Check that the raw file was "
+                "downloaded completely and that the dataset preset names the right source.")
+        n_buckets = max(1, math.ceil(n_raw / rows_per_bucket))
+        coded = (raw.join(user_codes.lazy().select(USER, pl.col(_CODE).alias("_u")), on=USER)
+                 .join(item_codes.lazy().select(ITEM, pl.col(_CODE).alias("_i")), on=ITEM)
+                 .select(pl.col("_u").alias(USER), pl.col("_i").alias(ITEM), TIME, _ROW, *carried))
+        _sink_buckets(coded.with_columns((pl.col(USER) % n_buckets).alias(_BUCKET)), work / "coded")
 
-    deduplicated = work / "deduplicated"
-    deduplicated.mkdir()
-    n_after_duplicates = 0
-    for bucket, rows in _buckets(work / "coded"):
-        rows = rows.sort(_ROW)
+    with timed("duplicates"):
+        deduplicated = work / "deduplicated"
+        deduplicated.mkdir()
+        n_after_duplicates = 0
+        for bucket, rows in _buckets(work / "coded"):
+            rows = rows.sort(_ROW)
+            if drop_duplicates:
+                rows = drop_duplicate_interactions(rows)
+            n_after_duplicates += rows.height
+            rows.write_parquet(deduplicated / f"{bucket:06d}.parquet")
         if drop_duplicates:
-            rows = drop_duplicate_interactions(rows)
-        n_after_duplicates += rows.height
-        rows.write_parquet(deduplicated / f"{bucket:06d}.parquet")
-    if drop_duplicates:
-        logger.info("dropped %d duplicate (user, item) rows", n_raw - n_after_duplicates)
-    shutil.rmtree(work / "coded")
+            logger.info("dropped %d duplicate (user, item) rows", n_raw - n_after_duplicates)
+        shutil.rmtree(work / "coded")
 
-    kept = _k_core(pl.scan_parquet(deduplicated / "*.parquet"), k_core)
-    new_users, new_items = (_first_appearance(kept, column) for column in (USER, ITEM))
+    with timed("k_core"):
+        kept = _k_core(pl.scan_parquet(deduplicated / "*.parquet"), k_core)
+    with timed("ids"):
+        new_users, new_items = (_first_appearance(kept, column) for column in (USER, ITEM))
     if new_users.height == 0:
         raise EmptyDatasetError(
             f"{k_core}-core filtering removed every interaction: the input had {n_raw:,} actions by "
@@ -100,7 +109,8 @@ def process_interactions(raw: pl.LazyFrame, *, k_core: int = 5, drop_duplicates:
              .join(new_items.lazy().select(ITEM, pl.col(_CODE).alias("_i")), on=ITEM)
              .select(pl.col("_u").alias(USER), pl.col("_i").alias(ITEM), TIME, _ROW, *carried))
     users_per_bucket = math.ceil(n_users / n_buckets)
-    _sink_buckets(final.with_columns(((pl.col(USER) - 1) // users_per_bucket).alias(_BUCKET)), work / "final")
+    with timed("ids"):
+        _sink_buckets(final.with_columns(((pl.col(USER) - 1) // users_per_bucket).alias(_BUCKET)), work / "final")
     shutil.rmtree(deduplicated)
     order = [USER, *carried, TIME, _ROW]
     columns = [pl.col(USER).cast(ID_DTYPE), pl.col(ITEM).cast(ID_DTYPE), pl.col(TIME).cast(TIME_DTYPE),
@@ -111,7 +121,9 @@ def process_interactions(raw: pl.LazyFrame, *, k_core: int = 5, drop_duplicates:
             raise RuntimeError(f"{work}: the sorted buckets of this run are gone (a LazyFrame from "
                                "process_interactions is read once); rerun data_processing.")
         for _, rows in _buckets(work / "final"):
-            yield rows.sort(order).select(columns)
+            with timed("time_sort"):
+                rows = rows.sort(order).select(columns)
+            yield rows
         shutil.rmtree(work, ignore_errors=True)
 
     schema = {USER: ID_DTYPE, ITEM: ID_DTYPE, TIME: TIME_DTYPE, **({SPLIT: pl.Int8} if carried else {})}
@@ -150,8 +162,16 @@ def build_sequences_streaming(interactions: pl.LazyFrame, *, rows_per_bucket: in
 # ----------------------------------------------------------------------------- steps
 
 
+@contextmanager
+def timed(step: str) -> Iterator[None]:
+    """Log a step's wall time (``rodpo.data.streaming`` at DEBUG; bench_processing reads the records)."""
+    started = time.perf_counter()
+    yield
+    logger.debug("step %s %.6f", step, time.perf_counter() - started)
+
+
 def _validated(raw: pl.LazyFrame) -> pl.LazyFrame:
-    """The reference's column, dtype and null checks, the nulls counted in one streaming pass."""
+    """The reference's column and dtype checks (nulls are counted by the first group-bys)."""
     schema = raw.collect_schema()
     missing = [c for c in (USER, ITEM, TIME) if c not in schema]
     if missing:
@@ -160,19 +180,31 @@ def _validated(raw: pl.LazyFrame) -> pl.LazyFrame:
     if not schema[TIME].is_integer():
         raise ValueError(f"raw_interactions.timestamp has dtype {schema[TIME]}, expected int64 unix seconds; "
                          "convert it in the parser.")
-    nulls = raw.select(pl.col(USER, ITEM, TIME).null_count()).collect(engine=STREAMING).row(0, named=True)
-    if any(nulls.values()):
-        raise ValueError(f"raw_interactions: null values {nulls} in id/timestamp columns; the parser should drop "
-                         "rows without a reviewer, item or time.")
     carried = [SPLIT] if SPLIT in schema else []
     return raw.select(USER, ITEM, pl.col(TIME).cast(TIME_DTYPE), *carried)
 
 
-def _first_appearance(rows: pl.LazyFrame, column: str) -> pl.DataFrame:
-    """(value, _code 1..N by first appearance in file order, n rows): one streaming group-by."""
-    firsts = (rows.group_by(column).agg(pl.col(_ROW).min(), pl.len().alias("n"))
-              .collect(engine=STREAMING).sort(_ROW))
+def _first_appearance_query(rows: pl.LazyFrame, column: str) -> pl.LazyFrame:
+    """(value, first row, n rows, null timestamps) per distinct value: one streaming group-by."""
+    return rows.group_by(column).agg(pl.col(_ROW).min(), pl.len().alias("n"), pl.col(TIME).null_count().alias("_nt"))
+
+
+def _numbered(firsts: pl.DataFrame) -> pl.DataFrame:
+    """``_code`` 1..N by first appearance in file order."""
+    firsts = firsts.sort(_ROW)
     return firsts.with_columns(pl.int_range(1, firsts.height + 1, dtype=ID_DTYPE).alias(_CODE))
+
+
+def _first_appearance(rows: pl.LazyFrame, column: str) -> pl.DataFrame:
+    return _numbered(_first_appearance_query(rows, column).collect(engine=STREAMING))
+
+
+def _refuse_nulls(users: pl.DataFrame, items: pl.DataFrame) -> None:
+    nulls = {USER: int(users.filter(pl.col(USER).is_null())["n"].sum()),
+             ITEM: int(items.filter(pl.col(ITEM).is_null())["n"].sum()), TIME: int(users["_nt"].sum())}
+    if any(nulls.values()):
+        raise ValueError(f"raw_interactions: null values {nulls} in id/timestamp columns; the parser should drop "
+                         "rows without a reviewer, item or time.")
 
 
 def _id_map(new: pl.DataFrame, codes: pl.DataFrame, column: str) -> pl.DataFrame:

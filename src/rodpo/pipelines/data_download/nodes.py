@@ -51,6 +51,8 @@ def download_raw_data(
             files[role] = None
             continue
         dest = raw_dir / Path(url.rstrip("/")).name
+        if spec["source"] == benchmark.SOURCE and role in benchmark.SPLIT_FILES:
+            dest = raw_dir / spec["benchmark"] / dest.name  # each split folder keeps its own files
         download_file(
             url,
             dest,
