@@ -172,7 +172,7 @@ class RssSampler:
     """VmRSS high-water of this process, sampled; ``stage()`` starts a new per-stage maximum."""
 
     def __init__(self, interval_s: float = 0.02) -> None:
-        self.interval_s, self.peak, self.stage_peak = interval_s, 0, 0
+        self.interval_s, self.peak, self.stage_peak, self.step_peak = interval_s, 0, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -190,6 +190,13 @@ class RssSampler:
     def sample(self) -> None:
         now = self.rss()
         self.peak, self.stage_peak = max(self.peak, now), max(self.stage_peak, now)
+        self.step_peak = max(self.step_peak, now)
+
+    def step(self) -> int:
+        """The peak since the previous call (the streaming steps' own windows)."""
+        self.sample()
+        peak, self.step_peak = self.step_peak, self.rss()
+        return peak
 
     def stage(self) -> int:
         self.sample()
@@ -203,16 +210,18 @@ class RssSampler:
 
 
 class StepLog(logging.Handler):
-    """Seconds of the streaming steps (rodpo.data.streaming.timed records)."""
+    """Seconds and peak RSS of the streaming steps (rodpo.data.streaming.timed records)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sampler: RssSampler) -> None:
         super().__init__(logging.DEBUG)
-        self.seconds: dict[str, float] = {}
+        self.sampler, self.steps = sampler, {}
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.msg.startswith("step "):
             step, seconds = record.args
-            self.seconds[step] = round(self.seconds.get(step, 0.0) + seconds, 2)
+            seen = self.steps.setdefault(step, {"seconds": 0.0, "peak_rss_bytes": 0})
+            seen["seconds"] = round(seen["seconds"] + seconds, 2)
+            seen["peak_rss_bytes"] = max(seen["peak_rss_bytes"], self.sampler.step())
 
 
 def measure(fmt: str, files: dict[str, str], engine: str, rows_per_bucket: int, work: Path) -> dict:
@@ -223,12 +232,13 @@ def measure(fmt: str, files: dict[str, str], engine: str, rows_per_bucket: int, 
     def stage(name: str, since: float) -> float:
         now = time.perf_counter()
         stages[name] = {"seconds": round(now - since, 2), "peak_rss_bytes": sampler.stage()}
+        sampler.step()  # a stage boundary also starts the next step's window
         return now
 
     if engine == "in_memory":
         result = _in_memory(fmt, files, stage)
     else:
-        result = _streaming(fmt, files, rows_per_bucket, work, stage)
+        result = _streaming(fmt, files, rows_per_bucket, work, stage, sampler)
     users, items, actions = (result["stats"][key] for key in ("users", "items", "actions"))
     sampler.stop()
     return {"seconds": round(time.perf_counter() - started, 2), "peak_rss_bytes": sampler.peak, "stages": stages,
@@ -236,12 +246,12 @@ def measure(fmt: str, files: dict[str, str], engine: str, rows_per_bucket: int, 
             "users": users, "items": items, "actions": actions, "polars_threads": pl.thread_pool_size()}
 
 
-def _streaming(fmt: str, files: dict[str, str], rows_per_bucket: int, work: Path, stage) -> dict:
+def _streaming(fmt: str, files: dict[str, str], rows_per_bucket: int, work: Path, stage, sampler: RssSampler) -> dict:
     from rodpo.data.preprocess import dataset_statistics
     from rodpo.lazy_parquet import LazyParquetDataset
     from rodpo.pipelines.data_processing import nodes
 
-    steps = StepLog()
+    steps = StepLog(sampler)
     streaming_logger = logging.getLogger("rodpo.data.streaming")
     streaming_logger.addHandler(steps)
     streaming_logger.setLevel(logging.DEBUG)
@@ -267,7 +277,7 @@ def _streaming(fmt: str, files: dict[str, str], rows_per_bucket: int, work: Path
     since = stage("split", since)
     stats = dataset_statistics(interactions)
     stage("statistics", since)
-    return {"stats": stats, "steps": steps.seconds}
+    return {"stats": stats, "steps": steps.steps}
 
 
 def _in_memory(fmt: str, files: dict[str, str], stage) -> dict:

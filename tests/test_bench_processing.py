@@ -37,7 +37,8 @@ def test_one_record_per_format_size_and_engine_from_cached_files(tmp_path):
     for fmt in ("amazon2023", "recbole"):  # both engines find the same 5-core
         assert by_key[(fmt, 3000, "streaming")]["actions"] == by_key[(fmt, 3000, "in_memory")]["actions"]
     assert by_key[("amazon2023_benchmark", 3000, "streaming")]["actions"] == 3000  # the given rows, all kept
-    assert set(by_key[("amazon2023", 3000, "streaming")]["steps"]) >= {"codes", "duplicates", "k_core", "ids"}
+    steps = by_key[("amazon2023", 3000, "streaming")]["steps"]
+    assert set(steps) >= {"codes", "duplicates", "k_core", "ids"} and steps["codes"]["peak_rss_bytes"] > 0
     generated = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/*") if p.is_file()}
     run(tmp_path, "--lines", "3000", "--format", "recbole")
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/*") if p.is_file()} == generated  # reused

@@ -162,3 +162,22 @@ def test_nulls_and_an_empty_core_are_refused_as_the_reference_does(tmp_path):
     tiny = pl.LazyFrame({"user_id": ["u1", "u2"], "item_id": ["a", "a"], "timestamp": [1, 2]}, schema=schema)
     with pytest.raises(EmptyDatasetError, match=r"3-core.*2 actions by 2 users on 1 items.*Lower k_core"):
         process_interactions(tiny, k_core=3, work_dir=tmp_path / "b")
+
+
+def test_two_ids_under_one_key_are_detected(tmp_path, monkeypatch):
+    from rodpo.data import streaming
+
+    def weak_keys(which):  # every id of one length shares a key: collisions on purpose
+        def keyed(raw):
+            length = {c: pl.col(c).str.len_bytes().cast(pl.UInt64) for c in ("user_id", "item_id")}
+            strong = {c: pl.col(c).hash(1) for c in ("user_id", "item_id")}
+            keys = {c: (length if c == which else strong)[c] for c in ("user_id", "item_id")}
+            return raw.with_columns(keys["user_id"].alias("_uk"), pl.col("user_id").hash(2).alias("_uk2"),
+                                    keys["item_id"].alias("_ik"), pl.col("item_id").hash(2).alias("_k2"))
+        return keyed
+
+    raw = pl.LazyFrame({"user_id": ["u1", "u2"], "item_id": ["a", "b"], "timestamp": [1, 2]})
+    for column in ("user_id", "item_id"):
+        monkeypatch.setattr(streaming, "_keyed", weak_keys(column))
+        with pytest.raises(RuntimeError, match=f"1 {column} key.*several ids"):
+            process_interactions(raw, k_core=1, work_dir=tmp_path / column)

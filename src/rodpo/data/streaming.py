@@ -42,6 +42,9 @@ _ROW = "_row"  # position in the raw file: the tie-breaker of every "first" and 
 _CODE = "_code"
 _BUCKET = "_bucket"
 DEFAULT_ROWS_PER_BUCKET = 4_000_000
+_KEYS = {USER: "_uk", ITEM: "_ik"}  # 64-bit keys of the id strings (see _keyed)
+_HASH_SEEDS = (0x9E3779B97F4A7C15, 0xD1B54A32D192ED03)
+_USER_CHECK = "_uk2"  # a second hash of the user id, carried into the buckets for the key check
 STREAMING = "streaming"
 
 
@@ -61,11 +64,13 @@ def process_interactions(raw: pl.LazyFrame, *, k_core: int = 5, drop_duplicates:
         raise ValueError(f"data_processing.rows_per_bucket={rows_per_bucket} must be >= 1.")
     work = _fresh(Path(work_dir))
     with timed("codes"):
-        raw = _validated(raw).with_row_index(_ROW)
-        carried = [SPLIT] if SPLIT in raw.collect_schema() else []
-        user_codes, item_codes = pl.collect_all(
-            [_first_appearance_query(raw, column) for column in (USER, ITEM)], engine=STREAMING)
-        _refuse_nulls(user_codes, item_codes)
+        keyed = _keyed(_validated(raw).with_row_index(_ROW))
+        carried = [SPLIT] if SPLIT in keyed.collect_schema() else []
+        # one query at a time: collected together, polars shares one scan and holds twice the memory
+        _refuse_nulls(keyed.select(pl.col(USER, ITEM, TIME).null_count()).collect(engine=STREAMING).row(0, named=True))
+        user_codes, item_codes = (_first_appearance_query(keyed, column).collect(engine=STREAMING)
+                                  for column in (USER, ITEM))
+        _refuse_shared_keys(item_codes.filter(pl.col("_k2_min") != pl.col("_k2_max")).height, ITEM)
         user_codes, item_codes = _numbered(user_codes), _numbered(item_codes)
         n_raw = int(user_codes["n"].sum())
         if n_raw == 0:
@@ -73,9 +78,10 @@ def process_interactions(raw: pl.LazyFrame, *, k_core: int = 5, drop_duplicates:
                 "raw_interactions is empty: the parser found no interactions. Check that the raw file was "
                 "downloaded completely and that the dataset preset names the right source.")
         n_buckets = max(1, math.ceil(n_raw / rows_per_bucket))
-        coded = (raw.join(user_codes.lazy().select(USER, pl.col(_CODE).alias("_u")), on=USER)
-                 .join(item_codes.lazy().select(ITEM, pl.col(_CODE).alias("_i")), on=ITEM)
-                 .select(pl.col("_u").alias(USER), pl.col("_i").alias(ITEM), TIME, _ROW, *carried))
+        coded = (keyed.join(user_codes.lazy().select(_KEYS[USER], pl.col(_CODE).alias("_u")), on=_KEYS[USER])
+                 .join(item_codes.lazy().select(_KEYS[ITEM], pl.col(_CODE).alias("_i")), on=_KEYS[ITEM])
+                 .select(pl.col("_u").alias(USER), pl.col("_i").alias(ITEM), TIME, _ROW, *carried,
+                         _USER_CHECK))
         _sink_buckets(coded.with_columns((pl.col(USER) % n_buckets).alias(_BUCKET)), work / "coded")
 
     with timed("duplicates"):
@@ -83,7 +89,9 @@ def process_interactions(raw: pl.LazyFrame, *, k_core: int = 5, drop_duplicates:
         deduplicated.mkdir()
         n_after_duplicates = 0
         for bucket, rows in _buckets(work / "coded"):
-            rows = rows.sort(_ROW)
+            # a user code's rows all land in this bucket: two ids under one key differ in the second hash
+            _refuse_shared_keys(rows.select(pl.col(_USER_CHECK).n_unique() - pl.col(USER).n_unique()).item(), USER)
+            rows = rows.drop(_USER_CHECK).sort(_ROW)
             if drop_duplicates:
                 rows = drop_duplicate_interactions(rows)
             n_after_duplicates += rows.height
@@ -93,7 +101,7 @@ def process_interactions(raw: pl.LazyFrame, *, k_core: int = 5, drop_duplicates:
         shutil.rmtree(work / "coded")
 
     with timed("k_core"):
-        kept = _k_core(pl.scan_parquet(deduplicated / "*.parquet"), k_core)
+        kept = _k_core(pl.scan_parquet(deduplicated / "*.parquet"), k_core, work)
     with timed("ids"):
         new_users, new_items = (_first_appearance(kept, column) for column in (USER, ITEM))
     if new_users.height == 0:
@@ -102,8 +110,10 @@ def process_interactions(raw: pl.LazyFrame, *, k_core: int = 5, drop_duplicates:
             f"{user_codes.height:,} users on {item_codes.height:,} items ({n_after_duplicates:,} after dropping "
             f"duplicates), but no set of users and items with >= {k_core} interactions each. Lower k_core "
             "(the paper uses 5) or use a larger dataset.")
-    user_id_map = _id_map(new_users, user_codes, USER)
-    item_id_map = _id_map(new_items, item_codes, ITEM)
+    with timed("id_maps"):
+        user_id_map = _id_map(new_users, user_codes, USER, keyed)
+        item_id_map = _id_map(new_items, item_codes, ITEM, keyed)
+    del user_codes, item_codes
     n_users = new_users.height
     final = (kept.join(new_users.lazy().select(USER, pl.col(_CODE).alias("_u")), on=USER)
              .join(new_items.lazy().select(ITEM, pl.col(_CODE).alias("_i")), on=ITEM)
@@ -184,9 +194,23 @@ def _validated(raw: pl.LazyFrame) -> pl.LazyFrame:
     return raw.select(USER, ITEM, pl.col(TIME).cast(TIME_DTYPE), *carried)
 
 
+def _keyed(raw: pl.LazyFrame) -> pl.LazyFrame:
+    """Each user and item id also as a 64-bit key (a seeded hash): a streaming group-by over 10^7
+    distinct ids takes a third of the memory with integer keys. Keys are checked against a second,
+    independent hash (users in their bucket, items in their group-by), so two ids under one key stop
+    the run unless both hashes collide at once (~ n^2 / 2^129)."""
+    return raw.with_columns(pl.col(USER).hash(_HASH_SEEDS[0]).alias(_KEYS[USER]),
+                            pl.col(USER).hash(_HASH_SEEDS[1]).alias(_USER_CHECK),
+                            pl.col(ITEM).hash(_HASH_SEEDS[0]).alias(_KEYS[ITEM]),
+                            pl.col(ITEM).hash(_HASH_SEEDS[1]).alias("_k2"))
+
+
 def _first_appearance_query(rows: pl.LazyFrame, column: str) -> pl.LazyFrame:
-    """(value, first row, n rows, null timestamps) per distinct value: one streaming group-by."""
-    return rows.group_by(column).agg(pl.col(_ROW).min(), pl.len().alias("n"), pl.col(TIME).null_count().alias("_nt"))
+    """Per distinct key of ``column``: first row and n rows: one streaming group-by. On coded rows
+    (int ids) the column itself is the key; item keys also carry their second hash's range."""
+    key = _KEYS[column] if _KEYS[column] in rows.collect_schema() else column
+    checks = [pl.col("_k2").min().alias("_k2_min"), pl.col("_k2").max().alias("_k2_max")] if key == _KEYS[ITEM] else []
+    return rows.group_by(key).agg(pl.col(_ROW).min(), pl.len().alias("n"), *checks)
 
 
 def _numbered(firsts: pl.DataFrame) -> pl.DataFrame:
@@ -199,38 +223,53 @@ def _first_appearance(rows: pl.LazyFrame, column: str) -> pl.DataFrame:
     return _numbered(_first_appearance_query(rows, column).collect(engine=STREAMING))
 
 
-def _refuse_nulls(users: pl.DataFrame, items: pl.DataFrame) -> None:
-    nulls = {USER: int(users.filter(pl.col(USER).is_null())["n"].sum()),
-             ITEM: int(items.filter(pl.col(ITEM).is_null())["n"].sum()), TIME: int(users["_nt"].sum())}
+def _refuse_nulls(nulls: dict[str, int]) -> None:
     if any(nulls.values()):
         raise ValueError(f"raw_interactions: null values {nulls} in id/timestamp columns; the parser should drop "
                          "rows without a reviewer, item or time.")
 
 
-def _id_map(new: pl.DataFrame, codes: pl.DataFrame, column: str) -> pl.DataFrame:
-    """(id, original_id) sorted by the new id: new rows hold old codes in ``column``."""
-    originals = codes.sort(_CODE).get_column(column)
-    return pl.DataFrame({
-        column: new.get_column(_CODE),
-        f"original_{column}": originals.gather(new.get_column(column) - 1),
-    })
+def _refuse_shared_keys(n_shared: int, column: str) -> None:
+    if n_shared:
+        raise RuntimeError(f"raw_interactions: {n_shared} {column} key(s) stand for several ids (a 64-bit hash "
+                           "collision, about one in 10^7 for 10^7 ids); please report it with the dataset.")
 
 
-def _k_core(rows: pl.LazyFrame, k: int) -> pl.LazyFrame:
+def _id_map(new: pl.DataFrame, codes: pl.DataFrame, column: str, keyed: pl.LazyFrame) -> pl.DataFrame:
+    """(id, original_id) sorted by the new id. ``new`` maps old codes (in ``column``) to new ids; the
+    original strings of the kept ids are read back from the raw rows by their keys (one pass)."""
+    key = _KEYS[column]
+    kept = (new.select(pl.col(column).alias(_CODE), pl.col(_CODE).alias("_new"))
+            .join(codes.select(_CODE, key), on=_CODE).select(key, "_new"))
+    originals = (keyed.select(key, column).join(kept.lazy(), on=key)
+                 .group_by("_new").agg(pl.col(column).first())
+                 .collect(engine=STREAMING).sort("_new"))
+    return originals.select(pl.col("_new").cast(ID_DTYPE).alias(column), pl.col(column).alias(f"original_{column}"))
+
+
+def _k_core(rows: pl.LazyFrame, k: int, work: Path) -> pl.LazyFrame:
     """The rows of the maximal k-core: each round drops the users and items with < k rows at once
-    (the reference's rule, so the same fixpoint); only the alive id sets are held in memory."""
+    (the reference's rule, so the same fixpoint); only the alive id sets are held in memory. When
+    the kept rows fall below half of the rows a round scans, they are written out (``work``), so the
+    long tail of rounds that drop a few rows each reads only the survivors."""
     if k <= 1:
         return rows
-    kept, rounds = rows, 0
+    kept, rounds, scanned, source = rows, 0, None, rows
     while True:
         users, items = pl.collect_all([kept.group_by(USER).len(), kept.group_by(ITEM).len()], engine=STREAMING)
         rounds += 1
+        n_rows = int(users["len"].sum())
+        scanned = n_rows if scanned is None else scanned
         if users.height == 0 or (users["len"].min() >= k and items["len"].min() >= k):
-            logger.info("k-core (k=%d) stable after %d round(s): %d rows", k, rounds, int(users["len"].sum()))
+            logger.info("k-core (k=%d) stable after %d round(s): %d rows", k, rounds, n_rows)
             return kept
+        if 2 * n_rows < scanned:
+            compacted = work / f"core_{rounds:03d}.parquet"
+            kept.sink_parquet(compacted, engine=STREAMING)
+            source, scanned = pl.scan_parquet(compacted), n_rows
         alive_users = users.filter(pl.col("len") >= k).select(USER)
         alive_items = items.filter(pl.col("len") >= k).select(ITEM)
-        kept = rows.join(alive_users.lazy(), on=USER, how="semi").join(alive_items.lazy(), on=ITEM, how="semi")
+        kept = source.join(alive_users.lazy(), on=USER, how="semi").join(alive_items.lazy(), on=ITEM, how="semi")
 
 
 def _sink_buckets(rows: pl.LazyFrame, folder: Path) -> None:
