@@ -181,3 +181,25 @@ def test_two_ids_under_one_key_are_detected(tmp_path, monkeypatch):
         monkeypatch.setattr(streaming, "_keyed", weak_keys(column))
         with pytest.raises(RuntimeError, match=f"1 {column} key.*several ids"):
             process_interactions(raw, k_core=1, work_dir=tmp_path / column)
+
+
+# The k-core cascades of test_preprocess: removing one user or item pushes others below k, round by round.
+CASCADE = [("U1", "a", 1), ("U1", "b", 2), ("U1", "c", 3), ("U2", "a", 1), ("U2", "b", 2), ("U2", "c", 3),
+           ("U3", "a", 1), ("U3", "b", 2), ("U3", "d", 3), ("U4", "c", 1), ("U4", "d", 2), ("U4", "e", 3),
+           ("U5", "d", 1), ("U5", "e", 2), ("U5", "f", 3), ("U6", "a", 1), ("U6", "b", 2), ("U6", "c", 3),
+           ("U7", "c", 4), ("U7", "d", 5)]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+@pytest.mark.parametrize("rows_per_bucket", [1, 3, 100])
+def test_k_core_cascades_match_the_reference(tmp_path, k, rows_per_bucket):
+    raw = pl.DataFrame(CASCADE, schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "timestamp": pl.Int64}, orient="row")
+    try:
+        expected = preprocess_interactions(raw, k_core=k)
+    except ValueError as error:  # the cascade can reach empty: both must say so
+        with pytest.raises(type(error)):
+            process_interactions(raw.lazy(), k_core=k, work_dir=tmp_path / "w", rows_per_bucket=rows_per_bucket)
+        return
+    interactions, users, items = process_interactions(raw.lazy(), k_core=k, work_dir=tmp_path / "w",
+                                                      rows_per_bucket=rows_per_bucket)
+    assert interactions.collect().equals(expected[0]) and users.equals(expected[1]) and items.equals(expected[2])

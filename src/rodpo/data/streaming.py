@@ -1,21 +1,18 @@
 """Data processing in memory that grows with users and items, not with interactions.
 
 The same steps as ``preprocess.preprocess_interactions`` (the in-memory reference; the outputs are
-tested equal on every format), as polars queries on the streaming engine:
+tested equal on every format), over buckets of users on disk:
 
-1. codes: each user and item string gets an int code by first appearance (one streaming group-by
-   per side, O(users + items) memory); the coded rows are written to disk in user buckets;
-2. duplicates: per bucket (a user's rows never leave its bucket), the reference's
-   ``drop_duplicate_interactions``;
-3. k-core: each round is one streaming count per side over all buckets, filtered by the users and
-   items still alive (O(users + items));
-4. ids: first appearance among the kept rows in file order (the reference's rule), then the rows are
-   written again in buckets of consecutive new user ids;
+1. codes: each user and item id gets an int code by first appearance (one polars streaming group-by
+   per side on a hash key of the id, O(users + items)); the coded rows go to disk in user buckets;
+2. duplicates: per bucket (a user's rows never leave its bucket), the earliest row of each pair;
+3. k-core, 4. ids by first appearance among the kept rows in file order: array lookups on the dense
+   codes (``rodpo.data.buckets``), then the rows go to buckets of consecutive new user ids;
 5. time sort: bucket by bucket, so the concatenation is sorted by (user, timestamp, file row).
 
-Buckets hold ``rows_per_bucket`` rows on average: one bucket at a time is in memory. The returned
-LazyFrames read the buckets when they are sunk (``rodpo.lazy_parquet``) and remove them after the
-last one; ``work_dir`` is emptied first, so a crashed run leaves nothing a later run would read.
+A bucket holds ``rows_per_bucket`` rows on average, and one bucket at a time is in memory. The
+returned LazyFrame reads the sorted buckets when it is sunk (``rodpo.lazy_parquet``) and removes them
+after the last one; ``work_dir`` is emptied first, so a crashed run leaves nothing a later run reads.
 """
 
 from __future__ import annotations
@@ -28,17 +25,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
-from rodpo.data.preprocess import (
-    ID_DTYPE, ITEM, TIME, TIME_DTYPE, USER, EmptyDatasetError, build_sequences, drop_duplicate_interactions,
-)
+from rodpo.data import buckets
+from rodpo.data.preprocess import ID_DTYPE, ITEM, TIME, TIME_DTYPE, USER, EmptyDatasetError, build_sequences
 from rodpo.data.raw_scan import scan_frames
 
 logger = logging.getLogger(__name__)
 
 SPLIT = "split"  # given split label of a row (amazon2023_benchmark): 0 train, 1 valid, 2 test
-_ROW = "_row"  # position in the raw file: the tie-breaker of every "first" and of the time sort
+_ROW = buckets.ROW  # position in the raw file: the tie-breaker of every "first" and of the time sort
 _CODE = "_code"
 _BUCKET = "_bucket"
 DEFAULT_ROWS_PER_BUCKET = 4_000_000
@@ -87,24 +84,28 @@ def process_interactions(raw: pl.LazyFrame, *, k_core: int = 5, drop_duplicates:
     with timed("duplicates"):
         deduplicated = work / "deduplicated"
         deduplicated.mkdir()
-        n_after_duplicates = 0
+        stems, n_after_duplicates = [], 0
         for bucket, rows in _buckets(work / "coded"):
             # a user code's rows all land in this bucket: two ids under one key differ in the second hash
             _refuse_shared_keys(rows.select(pl.col(_USER_CHECK).n_unique() - pl.col(USER).n_unique()).item(), USER)
             rows = rows.drop(_USER_CHECK).sort(_ROW)
             if drop_duplicates:
-                rows = drop_duplicate_interactions(rows)
+                rows = buckets.earliest_per_pair(rows)
             n_after_duplicates += rows.height
-            rows.write_parquet(deduplicated / f"{bucket:06d}.parquet")
+            stems.append(deduplicated / f"{bucket:06d}")
+            rows.write_parquet(f"{stems[-1]}.parquet")
+            buckets.save_arrays(rows, stems[-1])
         if drop_duplicates:
             logger.info("dropped %d duplicate (user, item) rows", n_raw - n_after_duplicates)
         shutil.rmtree(work / "coded")
 
     with timed("k_core"):
-        kept = _k_core(pl.scan_parquet(deduplicated / "*.parquet"), k_core, work)
+        alive_users, alive_items = buckets.k_core_members(stems, user_codes.height, item_codes.height, k_core,
+                                                          n_buckets, work)
     with timed("ids"):
-        new_users, new_items = (_first_appearance(kept, column) for column in (USER, ITEM))
-    if new_users.height == 0:
+        new_users, new_items = buckets.first_appearance_ids(stems, alive_users, alive_items)
+    n_users = int(new_users.max(initial=0))
+    if n_users == 0:
         raise EmptyDatasetError(
             f"{k_core}-core filtering removed every interaction: the input had {n_raw:,} actions by "
             f"{user_codes.height:,} users on {item_codes.height:,} items ({n_after_duplicates:,} after dropping "
@@ -114,13 +115,14 @@ def process_interactions(raw: pl.LazyFrame, *, k_core: int = 5, drop_duplicates:
         user_id_map = _id_map(new_users, user_codes, USER, keyed)
         item_id_map = _id_map(new_items, item_codes, ITEM, keyed)
     del user_codes, item_codes
-    n_users = new_users.height
-    final = (kept.join(new_users.lazy().select(USER, pl.col(_CODE).alias("_u")), on=USER)
-             .join(new_items.lazy().select(ITEM, pl.col(_CODE).alias("_i")), on=ITEM)
-             .select(pl.col("_u").alias(USER), pl.col("_i").alias(ITEM), TIME, _ROW, *carried))
     users_per_bucket = math.ceil(n_users / n_buckets)
-    with timed("ids"):
-        _sink_buckets(final.with_columns(((pl.col(USER) - 1) // users_per_bucket).alias(_BUCKET)), work / "final")
+    with timed("ids"):  # rows again in buckets, now of consecutive new user ids
+        for stem in stems:
+            rows = buckets.relabelled(pl.read_parquet(f"{stem}.parquet"), new_users, new_items)
+            for (target,), part in rows.group_by(((pl.col(USER) - 1) // users_per_bucket).alias(_BUCKET)):
+                folder = work / "final" / f"{_BUCKET}={target}"
+                folder.mkdir(parents=True, exist_ok=True)
+                part.write_parquet(folder / f"{stem.name}.parquet")
     shutil.rmtree(deduplicated)
     order = [USER, *carried, TIME, _ROW]
     columns = [pl.col(USER).cast(ID_DTYPE), pl.col(ITEM).cast(ID_DTYPE), pl.col(TIME).cast(TIME_DTYPE),
@@ -219,10 +221,6 @@ def _numbered(firsts: pl.DataFrame) -> pl.DataFrame:
     return firsts.with_columns(pl.int_range(1, firsts.height + 1, dtype=ID_DTYPE).alias(_CODE))
 
 
-def _first_appearance(rows: pl.LazyFrame, column: str) -> pl.DataFrame:
-    return _numbered(_first_appearance_query(rows, column).collect(engine=STREAMING))
-
-
 def _refuse_nulls(nulls: dict[str, int]) -> None:
     if any(nulls.values()):
         raise ValueError(f"raw_interactions: null values {nulls} in id/timestamp columns; the parser should drop "
@@ -235,41 +233,17 @@ def _refuse_shared_keys(n_shared: int, column: str) -> None:
                            "collision, about one in 10^7 for 10^7 ids); please report it with the dataset.")
 
 
-def _id_map(new: pl.DataFrame, codes: pl.DataFrame, column: str, keyed: pl.LazyFrame) -> pl.DataFrame:
-    """(id, original_id) sorted by the new id. ``new`` maps old codes (in ``column``) to new ids; the
+def _id_map(new_ids: np.ndarray, codes: pl.DataFrame, column: str, keyed: pl.LazyFrame) -> pl.DataFrame:
+    """(id, original_id) sorted by the new id. ``new_ids[old code]`` is the new id (0 = dropped); the
     original strings of the kept ids are read back from the raw rows by their keys (one pass)."""
     key = _KEYS[column]
-    kept = (new.select(pl.col(column).alias(_CODE), pl.col(_CODE).alias("_new"))
-            .join(codes.select(_CODE, key), on=_CODE).select(key, "_new"))
+    old_codes = np.flatnonzero(new_ids)
+    keys = codes.sort(_CODE).get_column(key).gather(old_codes - 1)
+    kept = pl.DataFrame({key: keys, "_new": new_ids[old_codes]})
     originals = (keyed.select(key, column).join(kept.lazy(), on=key)
                  .group_by("_new").agg(pl.col(column).first())
                  .collect(engine=STREAMING).sort("_new"))
     return originals.select(pl.col("_new").cast(ID_DTYPE).alias(column), pl.col(column).alias(f"original_{column}"))
-
-
-def _k_core(rows: pl.LazyFrame, k: int, work: Path) -> pl.LazyFrame:
-    """The rows of the maximal k-core: each round drops the users and items with < k rows at once
-    (the reference's rule, so the same fixpoint); only the alive id sets are held in memory. When
-    the kept rows fall below half of the rows a round scans, they are written out (``work``), so the
-    long tail of rounds that drop a few rows each reads only the survivors."""
-    if k <= 1:
-        return rows
-    kept, rounds, scanned, source = rows, 0, None, rows
-    while True:
-        users, items = pl.collect_all([kept.group_by(USER).len(), kept.group_by(ITEM).len()], engine=STREAMING)
-        rounds += 1
-        n_rows = int(users["len"].sum())
-        scanned = n_rows if scanned is None else scanned
-        if users.height == 0 or (users["len"].min() >= k and items["len"].min() >= k):
-            logger.info("k-core (k=%d) stable after %d round(s): %d rows", k, rounds, n_rows)
-            return kept
-        if 2 * n_rows < scanned:
-            compacted = work / f"core_{rounds:03d}.parquet"
-            kept.sink_parquet(compacted, engine=STREAMING)
-            source, scanned = pl.scan_parquet(compacted), n_rows
-        alive_users = users.filter(pl.col("len") >= k).select(USER)
-        alive_items = items.filter(pl.col("len") >= k).select(ITEM)
-        kept = source.join(alive_users.lazy(), on=USER, how="semi").join(alive_items.lazy(), on=ITEM, how="semi")
 
 
 def _sink_buckets(rows: pl.LazyFrame, folder: Path) -> None:
