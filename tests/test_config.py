@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import yaml
 
 from rodpo.config import MergedParametersConfigLoader, UnknownDatasetError
 
@@ -73,15 +74,16 @@ def test_an_unknown_dataset_lists_the_presets(kedro_project, own_preset):
     with pytest.raises(UnknownDatasetError, match=r"dataset='nonexistent' is not a dataset preset") as info:
         loader(kedro_project, runtime_params={"dataset": "nonexistent"})["parameters"]
     presets = str(info.value).split("the presets are: ")[1].split(".")[0].split(", ")
-    assert presets == sorted(["demo", "toys", "beauty", "home", "toys2018", "beauty2023", "amazon-beauty",
-                              *(["mydata"] if own_preset else [])])
+    base = yaml.safe_load((kedro_project / "conf/base/parameters_data_download.yml").read_text())["datasets"]
+    assert presets == sorted([*base, *(["mydata"] if own_preset else [])])
+    assert {"demo", "amazon-beauty", "amazon-beauty-meta", "beauty2023", "toys2023"} <= set(presets)
 
 
 def test_kedro_run_on_an_unknown_dataset_names_the_presets(kedro_project):
     result = _kedro_run(kedro_project, "--pipelines=data_download", "--params=dataset=nonexistent")
     assert result.returncode != 0
     output = result.stdout + result.stderr
-    assert "dataset='nonexistent' is not a dataset preset; the presets are: amazon-beauty, beauty" in output
+    assert "dataset='nonexistent' is not a dataset preset; the presets are: amazon-beauty, amazon-beauty-meta, beauty" in output
     assert "InterpolationKeyError" not in output
 
 

@@ -10,12 +10,18 @@ items overlapping by one item, newest first, so every target i_2..i_n is supervi
 and the most recent window keeps full context.
 Validation: history = last max_seq_len train items, target = valid item.
 Test: history = last max_seq_len of train + valid items, target = test item.
+Several targets (global-time and given splits: list columns `valid_item_ids`, `test_item_ids`): one
+evaluation row per (user, target), every target of a split sharing the user's history before the cut.
+Leave-one-out's single targets are read as one-element lists, so its rows are exactly one per user.
+A target whose user has no history before the cut is still ranked (from the empty history, as a
+leave-one-out user without train items always was) and counted in
+`SequenceData.targets_without_history`; evaluation reports those targets' metrics apart.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -23,6 +29,8 @@ import torch
 
 SPLIT_COLUMNS = ("user_id", "train_item_ids", "train_timestamps", "valid_item_id", "valid_timestamp",
                  "test_item_id", "test_timestamp")
+MULTI_TARGET_SPLIT_COLUMNS = ("user_id", "train_item_ids", "train_timestamps", "valid_item_ids", "valid_timestamps",
+                              "test_item_ids", "test_timestamps")
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class SequenceData:
     max_seq_len: int
     time_min: int | None  # over real training timestamps; sets the temporal module's range
     time_max: int | None
+    # {"valid": {"users": u, "targets": t}, "test": ...}: evaluation rows whose history is empty
+    targets_without_history: dict = field(default_factory=dict)
 
     def fingerprint(self) -> str:
         """sha256 of all arrays and sizes: keys checkpoints so changed data never resumes a stale run."""
@@ -100,18 +110,38 @@ def _training_windows(item_col: pl.Series, time_col: pl.Series, user_ids: np.nda
     )
 
 
-def _eval_sequences(item_col: pl.Series, time_col: pl.Series, user_ids: np.ndarray, targets: pl.Series,
-                    target_times: pl.Series, max_seq_len: int) -> EvalSequences:
+def _eval_sequences(item_col: pl.Series, time_col: pl.Series, user_ids: np.ndarray, target_col: pl.Series,
+                    target_time_col: pl.Series, max_seq_len: int) -> tuple[EvalSequences, dict[str, int]]:
+    """One row per (user, target), in user then target order; and how many rows have no history."""
     items, starts, lengths = _flatten(item_col)
     times, _, _ = _flatten(time_col)
-    ends = starts + lengths
-    history_starts = np.maximum(starts, ends - max_seq_len)  # most recent items kept
-    return EvalSequences(
-        user_ids=user_ids,
+    targets, _, n_targets = _flatten(target_col)
+    target_times, _, _ = _flatten(target_time_col)
+    row = np.repeat(np.arange(len(lengths)), n_targets)  # the user (row of the split) of each target
+    ends = starts[row] + lengths[row]
+    history_starts = np.maximum(starts[row], ends - max_seq_len)  # most recent items kept
+    sequences = EvalSequences(
+        user_ids=user_ids[row],
         items=_gather_rows(items, history_starts, ends, max_seq_len),
         timestamps=_gather_rows(times, history_starts, ends, max_seq_len),
-        targets=targets.to_numpy().astype(np.int64),
-        target_timestamps=target_times.to_numpy().astype(np.int64),
+        targets=targets,
+        target_timestamps=target_times,
+    )
+    without = {"users": int(((lengths == 0) & (n_targets > 0)).sum()), "targets": int((lengths[row] == 0).sum())}
+    return sequences, without
+
+
+def _with_target_lists(sequence_splits: pl.DataFrame) -> pl.DataFrame:
+    """The split with list target columns; leave-one-out's scalar targets become one-element lists."""
+    if all(c in sequence_splits.columns for c in MULTI_TARGET_SPLIT_COLUMNS):
+        return sequence_splits.select(MULTI_TARGET_SPLIT_COLUMNS)
+    missing = [c for c in SPLIT_COLUMNS if c not in sequence_splits.columns]
+    if missing:
+        raise ValueError(f"sequence_splits lacks columns {missing}; expected {list(SPLIT_COLUMNS)} (leave-one-out) "
+                         f"or {list(MULTI_TARGET_SPLIT_COLUMNS)} (rodpo.data.preprocess / splits write them).")
+    return sequence_splits.select(
+        "user_id", "train_item_ids", "train_timestamps",
+        *(pl.concat_list(single).alias(f"{single}s") for single in SPLIT_COLUMNS[3:]),
     )
 
 
@@ -121,23 +151,19 @@ def build_sequence_data(sequence_splits: pl.DataFrame, max_seq_len: int, n_items
     `n_items` defaults to the largest item id seen; pass the item table's size when feature
     matrices have rows for items that never occur in the splits.
     """
-    missing = [c for c in SPLIT_COLUMNS if c not in sequence_splits.columns]
-    if missing:
-        raise ValueError(f"sequence_splits lacks columns {missing}; expected {list(SPLIT_COLUMNS)} "
-                         f"(rodpo.data.preprocess writes them).")
+    splits = _with_target_lists(sequence_splits)
     if max_seq_len < 1:
         raise ValueError(f"build_sequence_data: max_seq_len={max_seq_len} must be >= 1.")
-    splits = sequence_splits
     user_ids = splits["user_id"].to_numpy().astype(np.int64)
     train = _training_windows(splits["train_item_ids"], splits["train_timestamps"], user_ids, max_seq_len)
-    valid = _eval_sequences(splits["train_item_ids"], splits["train_timestamps"], user_ids,
-                            splits["valid_item_id"], splits["valid_timestamp"], max_seq_len)
-    with_valid = splits.select(
-        pl.concat_list("train_item_ids", "valid_item_id").alias("items"),
-        pl.concat_list("train_timestamps", "valid_timestamp").alias("timestamps"),
+    valid, valid_unranked = _eval_sequences(splits["train_item_ids"], splits["train_timestamps"], user_ids,
+                                            splits["valid_item_ids"], splits["valid_timestamps"], max_seq_len)
+    with_valid = splits.select(  # the history before the test cut: train + valid items
+        pl.concat_list("train_item_ids", "valid_item_ids").alias("items"),
+        pl.concat_list("train_timestamps", "valid_timestamps").alias("timestamps"),
     )
-    test = _eval_sequences(with_valid["items"], with_valid["timestamps"], user_ids,
-                           splits["test_item_id"], splits["test_timestamp"], max_seq_len)
+    test, test_unranked = _eval_sequences(with_valid["items"], with_valid["timestamps"], user_ids,
+                                          splits["test_item_ids"], splits["test_timestamps"], max_seq_len)
 
     largest_id = int(max(train.items.max(initial=0), valid.targets.max(initial=0), test.targets.max(initial=0)))
     if n_items is None:
@@ -149,7 +175,8 @@ def build_sequence_data(sequence_splits: pl.DataFrame, max_seq_len: int, n_items
     real_times = train.timestamps[train.items > 0]
     time_min = int(real_times.min()) if real_times.size else None
     time_max = int(real_times.max()) if real_times.size else None
-    return SequenceData(train, valid, test, n_items, max_seq_len, time_min, time_max)
+    return SequenceData(train, valid, test, n_items, max_seq_len, time_min, time_max,
+                        {"valid": valid_unranked, "test": test_unranked})
 
 
 def trim_to_longest(item_ids: torch.Tensor, *aligned: torch.Tensor) -> tuple[torch.Tensor, ...]:

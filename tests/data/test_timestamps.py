@@ -57,3 +57,21 @@ def test_an_unknown_unit_names_the_parameter(tmp_path):
     frame = pl.DataFrame({"timestamp": [1]})
     with pytest.raises(ValueError, match=r"data_processing.timestamp_unit='us'.*auto, s or ms"):
         timestamps_in_seconds(frame, "us", tmp_path / "x.inter")
+
+
+@pytest.mark.parametrize(("unit", "times", "expected"), [
+    ("auto", [1_588_687_728_923, 1_588_615_855_070, 1_600_000_000_999], [1_588_687_728, 1_588_615_855, 1_600_000_000]),
+    ("auto", [1_500_000_000, 99_999_999_999], [1_500_000_000, 99_999_999_999]),
+    ("ms", [1_588_687_728_923], [1_588_687_728]),
+    ("s", [1_588_687_728_923], [1_588_687_728_923]),
+])
+def test_the_streaming_scan_converts_like_the_parser(tmp_path, unit, times, expected):
+    """data_processing reads through rodpo.data.raw_scan: the same units, decided the same way."""
+    from rodpo.data.raw_scan import scan_interactions
+
+    path = _inter(tmp_path / "mydata.inter", times)
+    scanned = scan_interactions(path, "recbole", timestamp_unit=unit).collect()
+    assert scanned["timestamp"].to_list() == expected
+    assert scanned.equals(parse_interactions(path, "recbole", timestamp_unit=unit))
+    with pytest.raises(ValueError, match="data_processing.timestamp_unit='minutes'"):
+        scan_interactions(path, "recbole", timestamp_unit="minutes")

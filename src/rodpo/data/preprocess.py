@@ -243,14 +243,15 @@ def build_sequences(interactions: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def leave_one_out_split(sequences: pl.DataFrame) -> pl.DataFrame:
+def leave_one_out_split(sequences: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
     """Leave-one-out by time: last item = test target, second-to-last = valid target, rest = train.
 
     Validation input history is the train items; test input history is train items + valid item.
-    Every user needs >= 3 items (one to condition on plus the two targets).
+    Every user needs >= 3 items (one to condition on plus the two targets). A LazyFrame gives a
+    LazyFrame (row-wise expressions: the streaming engine splits it in batches).
     """
     n_items = pl.col("item_ids").list.len()
-    short = sequences.filter(n_items < MIN_SEQUENCE_LENGTH)
+    short = sequences.lazy().filter(n_items < MIN_SEQUENCE_LENGTH).select(USER).collect(engine="streaming")
     if short.height:
         raise ValueError(
             f"sequences: {short.height:,} user(s) have fewer than {MIN_SEQUENCE_LENGTH} items "
@@ -269,11 +270,13 @@ def leave_one_out_split(sequences: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def dataset_statistics(interactions: pl.DataFrame) -> dict[str, float | int]:
-    """The paper's Table 5 figures; sparsity is a fraction (0.9993 for Beauty), averages unrounded."""
-    users = interactions.get_column(USER).n_unique()
-    items = interactions.get_column(ITEM).n_unique()
-    actions = interactions.height
+def dataset_statistics(interactions: pl.DataFrame | pl.LazyFrame) -> dict[str, float | int]:
+    """The paper's Table 5 figures; sparsity is a fraction (0.9993 for Beauty), averages unrounded.
+    Counted in one streaming pass, so a LazyFrame over a 10^8-row file works too."""
+    users, items, actions = (
+        interactions.lazy().select(pl.col(USER).n_unique(), pl.col(ITEM).n_unique(), pl.len())
+        .collect(engine="streaming").row(0)
+    )
     if actions == 0:
         raise EmptyDatasetError("dataset_statistics: interactions is empty; nothing to describe.")
     return {

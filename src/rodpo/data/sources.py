@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlunparse
 
-SOURCES = ("demo", "amazon2014", "amazon2018", "amazon2023", "recbole")
+SOURCES = ("demo", "amazon2014", "amazon2018", "amazon2023", "amazon2023_benchmark", "recbole")
 
 
 def dataset_file_urls(spec: dict, sources: dict) -> dict[str, str]:
@@ -25,15 +26,19 @@ def dataset_file_urls(spec: dict, sources: dict) -> dict[str, str]:
             f"dataset source {source!r} has no base_url; set `dataset_spec.base_url` "
             "(a URL, file:// URL or local folder)."
         )
-    category = spec.get("category") or ""
+    fields = {"category": spec.get("category") or "", "benchmark": spec.get("benchmark") or ""}
     return {
-        role: join_url(base_url, template.format(category=category))
+        role: join_url(base_url, template.format(**fields))
         for role, template in sources[source]["files"].items()
     }
 
 
 def join_url(base: str, name: str) -> str:
-    """Join a base URL or local folder with a relative file name."""
-    if urlparse(str(base)).scheme in ("http", "https", "file"):
-        return str(base).rstrip("/") + "/" + name
+    """Join a base URL or local folder with a relative file name; ``..`` steps up from the base (the
+    2023 benchmark's metadata sits in ``raw/`` beside ``benchmark/``)."""
+    parsed = urlparse(str(base))
+    if parsed.scheme in ("http", "https", "file"):
+        joined = urlparse(str(base).rstrip("/") + "/" + name)
+        path = posixpath.normpath(joined.path) if ".." in name.split("/") else joined.path
+        return urlunparse(joined._replace(path=path))
     return str(Path(base) / name)

@@ -34,14 +34,14 @@ def timestamps_in_seconds(interactions: pl.DataFrame, unit: str, path: Path,
         raise ValueError(f"data_processing.timestamp_unit={unit!r} is not one of "
                          f"{list(TIMESTAMP_UNITS)}; set it to auto, s or ms.")
     if unit == "auto":
-        unit = format_unit or _detected_unit(interactions["timestamp"], path)
+        unit = format_unit or detected_unit(interactions["timestamp"].median(), path)
     if UNITS_PER_SECOND[unit] == 1:
         return interactions
     return interactions.with_columns(pl.col("timestamp") // UNITS_PER_SECOND[unit])
 
 
-def _detected_unit(timestamps: pl.Series, path: Path) -> str:
-    median = timestamps.median()
+def detected_unit(median: float | None, path: Path) -> str:
+    """``ms`` when the median timestamp is beyond the year 5000 in seconds (with a warning), else ``s``."""
     if median is None or median <= MILLISECONDS_ABOVE:
         return "s"
     logger.warning(

@@ -69,8 +69,11 @@ class SignificanceParams:
 
 def _per_user(ranks: pl.DataFrame, metrics: Sequence[str]) -> pl.DataFrame:
     """(user_id, one column per metric) of one run's test ranks, sorted by user; a ":masked"
-    metric is read from the history-masked ranks."""
-    ranks = ranks.sort("user_id")
+    metric is read from the history-masked ranks. With several test targets per user (a
+    ``target_index`` column) a user's value is the mean over their targets."""
+    if "target_index" in ranks.columns:
+        ranks = ranks.filter(pl.col("test_rank").is_not_null())
+    ranks = ranks.sort("user_id", maintain_order=True)
     columns = {"user_id": ranks["user_id"]}
     for protocol, rank_column in (("", "test_rank"), (HISTORY_MASKED, MASKED_RANK_COLUMN)):
         wanted = [m for m in metrics if m.endswith(HISTORY_MASKED) == bool(protocol)]
@@ -78,7 +81,10 @@ def _per_user(ranks: pl.DataFrame, metrics: Sequence[str]) -> pl.DataFrame:
             bases = [m.removesuffix(HISTORY_MASKED) for m in wanted]
             values = per_user_metrics(ranks[rank_column].to_numpy(), metric_cutoffs(bases))
             columns.update({m: values[base] for m, base in zip(wanted, bases)})
-    return pl.DataFrame(columns)
+    per_target = pl.DataFrame(columns)
+    if "target_index" in ranks.columns:
+        return per_target.group_by("user_id", maintain_order=True).mean()
+    return per_target
 
 
 def study_columns(metrics: Sequence[str], run_ranks: Mapping[str, pl.DataFrame], runs: Sequence[str]) -> list[str]:

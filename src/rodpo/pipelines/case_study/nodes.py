@@ -40,13 +40,13 @@ def report_case_study(
     dataset: str,
 ) -> str:
     """Top-k of both models for every test user, then a markdown report on a few seeded picks."""
-    exclude = (sequence_splits.select(pl.concat_list("train_item_ids", "valid_item_id")).to_series()
-               if case_study.mask_history else None)  # the test input history
-    top_lists = {}
+    top_lists, exclude = {}, None
     for name, model in (("warmup", warmup_model), ("rodpo", rodpo_model)):
         check_catalog(items, model=model, model_name=f"the {name} model")
         model = attach_item_features(model, item_text_features, item_image_features, item_image_mask)
         test = build_sequence_data(sequence_splits, model.config.max_seq_len).test
+        if case_study.mask_history and exclude is None:
+            exclude = _test_histories(sequence_splits, test.user_ids)
         top_lists[name], _ = top_n_items(model, test.items, test.timestamps, top_n=case_study.top_k,
                                          exclude=exclude, batch_size=case_study.batch_size,
                                          device=case_study.device)
@@ -67,6 +67,15 @@ def report_case_study(
         rodpo_only_hits=int((rodpo_hit & ~warmup_hit).sum()),
         warmup_only_hits=int((warmup_hit & ~rodpo_hit).sum()),
     )
+
+
+def _test_histories(sequence_splits: pl.DataFrame, user_ids: np.ndarray) -> pl.Series:
+    """Each test row's whole input history (train + valid items), aligned with the rows: one per user
+    under leave-one-out, one per (user, target) with several targets."""
+    valid = "valid_item_id" if "valid_item_id" in sequence_splits.columns else "valid_item_ids"
+    histories = sequence_splits.select("user_id", pl.concat_list("train_item_ids", valid).alias("history"))
+    rows = pl.DataFrame({"user_id": user_ids}, schema={"user_id": histories.schema["user_id"]})
+    return rows.join(histories, on="user_id", how="left", maintain_order="left").get_column("history")
 
 
 def _display_titles(items: pl.DataFrame) -> list[str]:

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from rodpo.data import amazon2023_benchmark as benchmark
 from rodpo.data import provenance
 from rodpo.data.demo import generate_demo_dataset
 from rodpo.data.download import download_file, local_source
@@ -42,15 +43,20 @@ def download_raw_data(
         spec["base_url"] = generated.resolve().as_uri()
 
     optional = set(sources[spec["source"]].get("optional", []))
+    urls = dataset_file_urls(spec, sources)
+    if spec["source"] == benchmark.SOURCE:  # checks the folder name; plain .csv stands in locally
+        urls = benchmark.benchmark_file_urls(spec, urls)
     files: dict[str, str | None] = {}
     copies: dict[str, dict | None] = {}
-    for role, url in dataset_file_urls(spec, sources).items():
+    for role, url in urls.items():
         local = local_source(url)
         if role in optional and local is not None and not local.exists():
             logger.info("%s: optional %s file %s not found, continuing without it", dataset, role, url)
             files[role] = None
             continue
         dest = raw_dir / Path(url.rstrip("/")).name
+        if spec["source"] == benchmark.SOURCE and role in benchmark.SPLIT_FILES:
+            dest = raw_dir / spec["benchmark"] / dest.name  # each split folder keeps its own files
         download_file(
             url,
             dest,
@@ -61,5 +67,8 @@ def download_raw_data(
             progress=download.progress,
         )
         files[role], copies[role] = str(dest), provenance.read_record(dest)
-    return {"dataset": dataset, "source": spec["source"], "category": spec.get("category"), "files": files,
-            "copies": copies}
+    manifest = {"dataset": dataset, "source": spec["source"], "category": spec.get("category"), "files": files,
+                "copies": copies}
+    if spec["source"] == benchmark.SOURCE:
+        manifest["benchmark"] = spec.get("benchmark")
+    return manifest

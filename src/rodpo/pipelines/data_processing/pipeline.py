@@ -8,7 +8,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 nodes.parse_raw_interactions,
-                inputs=["raw_files", "params:data_processing"],
+                inputs=["raw_files", "params:data_processing", "params:dataset_spec"],
                 outputs="raw_interactions",
                 name="parse_raw_interactions",
             ),
@@ -20,7 +20,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 nodes.filter_and_index_interactions,
-                inputs=["raw_interactions", "params:data_processing"],
+                inputs=["raw_interactions", "params:data_processing", "params:dataset_spec"],
                 outputs=["interactions", "user_id_map", "item_id_map"],
                 name="filter_and_index_interactions",
             ),
@@ -32,19 +32,19 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 nodes.build_sequences,
-                inputs="interactions",
+                inputs=["interactions", "params:data_processing"],
                 outputs="sequences",
                 name="build_sequences",
             ),
             node(
-                nodes.split_leave_one_out,
-                inputs="sequences",
+                nodes.split_sequences,
+                inputs=["sequences", "params:data_processing", "params:dataset_spec"],
                 outputs="sequence_splits",
-                name="split_leave_one_out",
+                name="split_sequences",
             ),
             node(
                 nodes.summarise_dataset,
-                inputs=["interactions", "params:dataset"],
+                inputs=["interactions", "sequence_splits", "params:dataset"],
                 outputs=["dataset_stats", "dataset_stats_report"],
                 name="summarise_dataset",
             ),

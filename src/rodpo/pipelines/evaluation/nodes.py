@@ -8,6 +8,7 @@ import matplotlib.figure
 import numpy as np
 import polars as pl
 
+from rodpo.metrics import ranking_metrics
 from rodpo.ranking import evaluate_model
 from rodpo.evaluation.reports import comparison_table_markdown, logit_distribution_figure, metrics_markdown
 from rodpo.lineage import check_catalog
@@ -53,14 +54,40 @@ def evaluate_recommender(
         "test": test["metrics"],
         "valid_history_masked": valid["metrics_history_masked"],
         "test_history_masked": test["metrics_history_masked"],
-        "users": int(len(test["ranks"])),
+        "users": int(len(np.unique(test["user_ids"]))),
         "protocol": {"full_ranking": True, "ties": "against target", "mask_history": evaluation.mask_history},
         "model": model.config.to_dict(),
     }
-    ranks = pl.DataFrame({"user_id": test["user_ids"], "valid_rank": valid["ranks"], "test_rank": test["ranks"],
-                          "valid_rank_history_masked": valid["ranks_history_masked"],
-                          "test_rank_history_masked": test["ranks_history_masked"]})
-    return metrics, ranks, pl.DataFrame(samples)
+    several = (not np.array_equal(valid["user_ids"], test["user_ids"])
+               or len(np.unique(test["user_ids"])) < len(test["user_ids"]))
+    if several or any(part["targets"] for part in data.targets_without_history.values()):
+        metrics["targets"] = {"valid": int(len(valid["ranks"])), "test": int(len(test["ranks"]))}
+        metrics["targets_without_history"] = data.targets_without_history
+        for split, sequences, result in (("valid", data.valid, valid), ("test", data.test, test)):
+            empty = ~(sequences.items > 0).any(axis=1)  # ranked from an empty history: reported apart
+            if empty.any():
+                metrics[f"{split}_without_history"] = ranking_metrics(result["ranks"][empty], evaluation.ks)
+            if empty.any() and not empty.all():
+                metrics[f"{split}_with_history"] = ranking_metrics(result["ranks"][~empty], evaluation.ks)
+    return metrics, _ranks_table(valid, test, several), pl.DataFrame(samples)
+
+
+def _ranks_table(valid: dict, test: dict, several_targets: bool) -> pl.DataFrame:
+    """One row per user (leave-one-out); with several targets per user, one row per user and target
+    index (the k-th valid and k-th test target of the user side by side, null where one is missing)."""
+    columns = ("user_id", "valid_rank", "test_rank", "valid_rank_history_masked", "test_rank_history_masked")
+    if not several_targets:
+        return pl.DataFrame({"user_id": test["user_ids"], "valid_rank": valid["ranks"], "test_rank": test["ranks"],
+                             "valid_rank_history_masked": valid["ranks_history_masked"],
+                             "test_rank_history_masked": test["ranks_history_masked"]})
+    split_frames = [
+        pl.DataFrame({"user_id": result["user_ids"], f"{split}_rank": result["ranks"],
+                      f"{split}_rank_history_masked": result["ranks_history_masked"]})
+        .with_columns(pl.int_range(pl.len()).over("user_id").alias("target_index"))
+        for split, result in (("valid", valid), ("test", test))
+    ]
+    joined = split_frames[0].join(split_frames[1], on=["user_id", "target_index"], how="full", coalesce=True)
+    return joined.select(*columns, "target_index").sort("user_id", "target_index")
 
 
 def report_warmup_vs_rodpo(

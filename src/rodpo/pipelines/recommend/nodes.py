@@ -32,7 +32,7 @@ class RecommendParams:
 
 def recommend_for_all_users(
     recommendation_model: RoDPOModel,
-    sequences: pl.DataFrame,
+    sequences: pl.LazyFrame | pl.DataFrame,
     user_id_map: pl.DataFrame,
     item_id_map: pl.DataFrame,
     item_text_features: np.ndarray,
@@ -44,6 +44,7 @@ def recommend_for_all_users(
     check_catalog(item_id_map, model=recommendation_model, model_name="the recommendation model")
     check_served_model(recommendation_model, recommend.model)
     model = attach_item_features(recommendation_model, item_text_features, item_image_features, item_image_mask)
+    sequences = sequences.lazy().collect()  # the catalog scans the table (data_processing streams it)
     return recommend_top_n(model, sequences, user_id_map, item_id_map, top_n=recommend.top_n,
                            exclude_history=recommend.exclude_history, batch_size=recommend.batch_size,
                            device=recommend.device)
