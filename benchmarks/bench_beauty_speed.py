@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from rodpo.data.parsers import parse_interactions, parse_items
+from rodpo.data.items import parse_items
+from rodpo.data.parsers import parse_interactions
 from rodpo.data.preprocess import build_items_table, build_sequences, leave_one_out_split, preprocess_interactions
 from rodpo.features.text import extract_text_features
 from rodpo.model.assembly import build_model

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from rodpo.data.demo import generate_demo_dataset
-from rodpo.data.parsers import parse_interactions, parse_items
+from rodpo.data.items import parse_items
+from rodpo.data.parsers import parse_interactions
 from rodpo.data.preprocess import drop_duplicate_interactions, k_core_filter
 
 

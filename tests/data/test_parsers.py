@@ -12,13 +12,12 @@ import polars as pl
 import pytest
 
 from rodpo.data import parsers, reading
+from rodpo.data.items import clean_text, parse_items
 from rodpo.data.parsers import (
     INTERACTION_SCHEMA,
     ITEM_SCHEMA,
     MalformedInputError,
-    clean_text,
     parse_interactions,
-    parse_items,
     recbole_files,
 )
 

@@ -6,7 +6,8 @@ import gzip
 
 import pytest
 
-from rodpo.data.parsers import parse_interactions, parse_items
+from rodpo.data.items import parse_items
+from rodpo.data.parsers import parse_interactions
 from rodpo.data.reading import UTF8_BOM, first_line, numbered_lines
 
 INTER = "user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t1500000000\nu2\ti2\t1500000100\n"

@@ -14,7 +14,8 @@ import polars as pl
 import pytest
 import yaml
 
-from rodpo.data.parsers import parse_interactions, parse_items, recbole_files
+from rodpo.data.items import parse_items
+from rodpo.data.parsers import parse_interactions, recbole_files
 from rodpo.data.preprocess import build_items_table, dataset_statistics, preprocess_interactions
 from rodpo.datasets import TorchModelDataset
 from rodpo.features.templates import build_item_texts

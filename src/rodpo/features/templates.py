@@ -16,12 +16,12 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
+from rodpo.data.items import CATEGORY_PATH_SEP
 from rodpo.features.common import item_column
 
 DEFAULT_TEMPLATE = "{title}. Brand: {brand}. Category: {first_category_path}"
 SEGMENT_SEPARATOR = ". "
 SENTENCE_ENDINGS = (".", "!", "?")
-CATEGORY_PATH_SEPARATOR = " | "
 # Placeholders -> the items-table column each one reads.
 TEXT_FIELDS = {"title": "title", "brand": "brand", "description": "description",
                "categories": "categories", "first_category_path": "categories"}
@@ -127,7 +127,7 @@ def item_field_values(items: Any, max_description_chars: int | None = 300) -> li
     for row in range(len(columns["title"])):
         values = {name: " ".join(str(column[row] or "").split()).rstrip(" ,;:") for name, column in columns.items()}
         values["description"] = _truncate_words(values["description"], max_description_chars)
-        values["first_category_path"] = values["categories"].split(CATEGORY_PATH_SEPARATOR)[0].strip()
+        values["first_category_path"] = values["categories"].split(CATEGORY_PATH_SEP)[0].strip()
         rows.append(values)
     return rows
 

@@ -18,7 +18,8 @@ import polars as pl
 
 from rodpo.data import amazon2023_benchmark as benchmark
 from rodpo.data import preprocess, streaming
-from rodpo.data.parsers import ITEM_SCHEMA, parse_items
+from rodpo.data.items import parse_items
+from rodpo.data.parsers import ITEM_SCHEMA
 from rodpo.data.provenance import naming_source
 from rodpo.data.raw_scan import scan_interactions
 from rodpo.data.splits import GLOBAL_TIME, LEAVE_ONE_OUT, check_protocol, given_split, global_time_split, split_statistics
