@@ -92,3 +92,11 @@ def test_a_preset_sets_the_cut_points_and_unknown_fields_are_refused():
         processing_params(ProcessingParams(), {"processing": {"t3": 1}})
     with pytest.raises(ValueError, match="t1="):
         processing_params(ProcessingParams(), {"processing": {"split": "global_time", "t1": 7, "t2": 7}})
+
+
+def test_case_study_masks_each_test_row_with_its_users_history():
+    from rodpo.pipelines.case_study.nodes import _test_histories
+
+    splits = global_time_split(sequences(), T1, T2)
+    test = build_sequence_data(splits, max_seq_len=3).test
+    assert _test_histories(splits, test.user_ids).to_list() == [[4, 5, 6], [4, 5, 6], [9], []]
