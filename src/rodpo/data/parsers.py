@@ -166,41 +166,43 @@ def _parse_review_lines(path: Path, fields: ReviewFields, allow_literal: bool,
             tally.good(df.height)
             return df
         logger.info("%s: some lines lack a field; re-reading line by line", path.name)
-    return _parse_review_blocks(path, fields, schema, allow_literal, tally)
+    return _parse_review_blocks(path, fields, allow_literal, tally)
 
 
-def _parse_review_blocks(path: Path, fields: ReviewFields, schema: dict, allow_literal: bool,
-                         tally: _Tally) -> pl.DataFrame:
-    """Exact slow path: polars per block of lines, per-line parsing for blocks that fail."""
-    frames: list[pl.DataFrame] = []
+def _parse_review_blocks(path: Path, fields: ReviewFields, allow_literal: bool, tally: _Tally) -> pl.DataFrame:
+    """Exact slow path: the frames of ``review_blocks``, concatenated."""
+    frames = list(review_blocks(path, fields, allow_literal, tally))
+    if not frames:
+        return pl.DataFrame(schema=INTERACTION_SCHEMA)
+    return pl.concat(frames, rechunk=True)
+
+
+def review_blocks(path: Path, fields: ReviewFields, allow_literal: bool, tally: _Tally) -> Iterator[pl.DataFrame]:
+    """JSON-lines reviews, one frame per block of lines: polars per block, per-line parsing for
+    blocks that fail, so malformed lines are counted exactly and no good row is lost (the
+    in-memory parser's slow path and the streaming scan's only path)."""
+    schema = {fields.user: pl.Utf8, fields.item: pl.Utf8, fields.time: pl.Int64}
     for first_line_no, block in prefetch(line_blocks(path)):
         n_lines = block.count(b"\n")
         try:
             df = _reviews_frame(pl.read_ndjson(io.BytesIO(block), schema=schema), fields)
             if df.height == n_lines and _is_clean(df):
                 tally.good(df.height)
-                frames.append(df)
+                yield df
                 continue
         except pl.exceptions.PolarsError:
             pass
-        users, items, times = [], [], []
+        rows = []
         for offset, line in enumerate(block.split(b"\n")[:n_lines]):
             if not line.strip():
                 continue
             try:
-                user, item, timestamp = _interaction(_load_record(line, allow_literal), fields)
+                rows.append(_interaction(_load_record(line, allow_literal), fields))
             except _BadLine as err:
                 tally.malformed(first_line_no + offset, line, str(err))
                 continue
             tally.good()
-            users.append(user)
-            items.append(item)
-            times.append(timestamp)
-        frames.append(pl.DataFrame({"user_id": users, "item_id": items, "timestamp": times},
-                                   schema=INTERACTION_SCHEMA))
-    if not frames:
-        return pl.DataFrame(schema=INTERACTION_SCHEMA)
-    return pl.concat(frames, rechunk=True)
+        yield pl.DataFrame(rows, schema=INTERACTION_SCHEMA, orient="row")
 
 
 def _reviews_frame(df: pl.DataFrame, fields: ReviewFields) -> pl.DataFrame:
@@ -278,24 +280,24 @@ def _parse_recbole_inter(path: Path, tally: _Tally) -> pl.DataFrame:
         if _is_clean(df):
             tally.good(df.height)
             return df
-    users, items, times = [], [], []
+    rows = []
     for line_no, line in text_lines(path, skip_header=True):
-        fields = line.rstrip("\r\n").split(RECBOLE_SEP)
         try:
-            if len(fields) != len(header):
-                raise _BadLine(f"{len(fields)} tab-separated fields, header has {len(header)}")
-            user = _identifier(fields[columns["user_id"]], "user_id")
-            item = _identifier(fields[columns["item_id"]], "item_id")
-            timestamp = _timestamp(fields[columns["timestamp"]], "timestamp")
+            rows.append(recbole_interaction(line, header, columns))
         except _BadLine as err:
             tally.malformed(line_no, line, str(err))
             continue
         tally.good()
-        users.append(user)
-        items.append(item)
-        times.append(timestamp)
-    return pl.DataFrame({"user_id": users, "item_id": items, "timestamp": times},
-                        schema=INTERACTION_SCHEMA)
+    return pl.DataFrame(rows, schema=INTERACTION_SCHEMA, orient="row")
+
+
+def recbole_interaction(line: str, header: list[str], columns: dict[str, int]) -> tuple[str, str, int]:
+    """(user_id, item_id, timestamp) of one ``.inter`` line; `columns`: their indices in `header`."""
+    fields = line.rstrip("\r\n").split(RECBOLE_SEP)
+    if len(fields) != len(header):
+        raise _BadLine(f"{len(fields)} tab-separated fields, header has {len(header)}")
+    return (_identifier(fields[columns["user_id"]], "user_id"), _identifier(fields[columns["item_id"]], "item_id"),
+            _timestamp(fields[columns["timestamp"]], "timestamp"))
 
 
 # --------------------------------------------------------------------------- file reading

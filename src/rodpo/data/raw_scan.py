@@ -18,9 +18,9 @@ import polars as pl
 from polars.io.plugins import register_io_source
 
 from rodpo.data import parsers
-from rodpo.data.parsers import INTERACTION_SCHEMA, REVIEW_FIELDS, ReviewFields, _BadLine, _Tally
+from rodpo.data.parsers import INTERACTION_SCHEMA, REVIEW_FIELDS, _BadLine, _Tally
 from rodpo.data.reading import PREFETCH_BLOCKS, line_blocks, prefetch
-from rodpo.data.timestamps import TIMESTAMP_UNITS, UNITS_PER_SECOND, detected_unit
+from rodpo.data.timestamps import UNITS_PER_SECOND, resolved_unit
 
 
 def scan_frames(blocks: Callable[[], Iterator[pl.DataFrame]], schema: dict, name: str) -> pl.LazyFrame:
@@ -52,16 +52,11 @@ def scan_interactions(path: str | Path, source: str, *, max_malformed_fraction: 
     source or a missing file. Timestamps come out in seconds (``rodpo.data.timestamps``: the
     format's unit, or with ``auto`` and none, the median of one streaming pass decides).
     """
-    if timestamp_unit not in TIMESTAMP_UNITS:
-        raise ValueError(f"data_processing.timestamp_unit={timestamp_unit!r} is not one of "
-                         f"{list(TIMESTAMP_UNITS)}; set it to auto, s or ms.")
     fmt = parsers._format(source)
     path = parsers._existing(path)
     scan = _scan(path, source, fmt, max_malformed_fraction)
-    unit = timestamp_unit
-    if unit == "auto":
-        unit = (None if fmt == "recbole" else REVIEW_FIELDS[fmt].time_unit) or detected_unit(
-            scan.select(pl.col("timestamp").median()).collect(engine="streaming").item(), path)
+    unit = resolved_unit(timestamp_unit, None if fmt == "recbole" else REVIEW_FIELDS[fmt].time_unit, path,
+                         lambda: scan.select(pl.col("timestamp").median()).collect(engine="streaming").item())
     if UNITS_PER_SECOND[unit] == 1:
         return scan
     return scan.with_columns(pl.col("timestamp") // UNITS_PER_SECOND[unit])
@@ -80,7 +75,8 @@ def _scan(path: Path, source: str, fmt: str, max_malformed_fraction: float) -> p
 
         def blocks() -> Iterator[pl.DataFrame]:
             tally = _Tally(path, source, max_malformed_fraction)
-            yield from _checked(_review_blocks(path, fields, fmt == "amazon2014", tally), tally, path, source)
+            frames = parsers.review_blocks(path, fields, fmt == "amazon2014", tally)
+            yield from _checked(frames, tally, path, source)
 
     return scan_frames(blocks, INTERACTION_SCHEMA, f"{source}:{path.name}")
 
@@ -95,32 +91,6 @@ def _checked(frames: Iterator[pl.DataFrame], tally: _Tally, path: Path, source: 
     if rows == 0:
         raise ValueError(f"{path}: no interactions found (empty file?); check the download and that "
                          f"source={source!r} matches the file.")
-
-
-def _review_blocks(path: Path, fields: ReviewFields, allow_literal: bool, tally: _Tally) -> Iterator[pl.DataFrame]:
-    """JSON-lines reviews, one frame per block (the parser's exact slow path, one block at a time)."""
-    schema = {fields.user: pl.Utf8, fields.item: pl.Utf8, fields.time: pl.Int64}
-    for first_line_no, block in prefetch(line_blocks(path), PREFETCH_BLOCKS):
-        n_lines = block.count(b"\n")
-        try:
-            frame = parsers._reviews_frame(pl.read_ndjson(io.BytesIO(block), schema=schema), fields)
-            if frame.height == n_lines and parsers._is_clean(frame):
-                tally.good(frame.height)
-                yield frame
-                continue
-        except pl.exceptions.PolarsError:
-            pass
-        rows = []
-        for offset, line in enumerate(block.split(b"\n")[:n_lines]):
-            if not line.strip():
-                continue
-            try:
-                rows.append(parsers._interaction(parsers._load_record(line, allow_literal), fields))
-            except _BadLine as err:
-                tally.malformed(first_line_no + offset, line, str(err))
-                continue
-            tally.good()
-        yield pl.DataFrame(rows, schema=INTERACTION_SCHEMA, orient="row")
 
 
 def _recbole_blocks(path: Path, header: list[str], columns: dict[str, int], tally: _Tally) -> Iterator[pl.DataFrame]:
@@ -153,13 +123,8 @@ def _recbole_blocks(path: Path, header: list[str], columns: dict[str, int], tall
             if not raw_line.strip():
                 continue
             line = raw_line.decode("utf-8", "replace")
-            values = line.rstrip("\r\n").split(parsers.RECBOLE_SEP)
             try:
-                if len(values) != len(header):
-                    raise _BadLine(f"{len(values)} tab-separated fields, header has {len(header)}")
-                rows.append((parsers._identifier(values[columns["user_id"]], "user_id"),
-                             parsers._identifier(values[columns["item_id"]], "item_id"),
-                             parsers._timestamp(values[columns["timestamp"]], "timestamp")))
+                rows.append(parsers.recbole_interaction(line, header, columns))
             except _BadLine as err:
                 tally.malformed(first_line_no + offset, line, str(err))
                 continue

@@ -11,6 +11,7 @@ date in milliseconds after March 1973 does.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -30,17 +31,24 @@ def timestamps_in_seconds(interactions: pl.DataFrame, unit: str, path: Path,
     without one, ``auto`` takes milliseconds when the median timestamp exceeds 1e11 and says so
     once, naming ``path``. ``s`` and ``ms`` force the unit.
     """
-    if unit not in TIMESTAMP_UNITS:
-        raise ValueError(f"data_processing.timestamp_unit={unit!r} is not one of "
-                         f"{list(TIMESTAMP_UNITS)}; set it to auto, s or ms.")
-    if unit == "auto":
-        unit = format_unit or detected_unit(interactions["timestamp"].median(), path)
+    unit = resolved_unit(unit, format_unit, path, lambda: interactions["timestamp"].median())
     if UNITS_PER_SECOND[unit] == 1:
         return interactions
     return interactions.with_columns(pl.col("timestamp") // UNITS_PER_SECOND[unit])
 
 
-def detected_unit(median: float | None, path: Path) -> str:
+def resolved_unit(unit: str, format_unit: str | None, path: Path, median: Callable[[], float | None]) -> str:
+    """The unit (``s`` or ``ms``) of a file's timestamps: ``unit`` when forced, else the format's,
+    else the median decides (``median()`` is called only then: on a stream it is a pass over the file)."""
+    if unit not in TIMESTAMP_UNITS:
+        raise ValueError(f"data_processing.timestamp_unit={unit!r} is not one of "
+                         f"{list(TIMESTAMP_UNITS)}; set it to auto, s or ms.")
+    if unit != "auto":
+        return unit
+    return format_unit or _detected_unit(median(), path)
+
+
+def _detected_unit(median: float | None, path: Path) -> str:
     """``ms`` when the median timestamp is beyond the year 5000 in seconds (with a warning), else ``s``."""
     if median is None or median <= MILLISECONDS_ABOVE:
         return "s"
