@@ -161,21 +161,25 @@ def _checked(p_values: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray]:
     return present, values
 
 
+def _adjusted(p_values: Sequence[float | None], step) -> list[float | None]:
+    """`step` applied to the available p-values sorted ascending, mapped back to the input order;
+    None (not available) stays None and out of the family's size m."""
+    present, values = _checked(p_values)
+    adjusted: list[float | None] = [None] * len(p_values)
+    if values.size == 0:
+        return adjusted
+    order = np.argsort(values, kind="stable")
+    for index, value in zip(order, np.minimum(1.0, step(values[order], values.size))):
+        adjusted[int(present[index])] = float(value)
+    return adjusted
+
+
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
     """Holm's step-down adjusted p-values (family-wise error), in the input order; None stays None.
 
     Sorted ascending p_(1) <= ... <= p_(m): adj_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)).
     """
-    present, values = _checked(p_values)
-    adjusted: list[float | None] = [None] * len(p_values)
-    m = values.size
-    if m == 0:
-        return adjusted
-    order = np.argsort(values, kind="stable")
-    stepped = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * values[order]))
-    for rank, index in enumerate(order):
-        adjusted[int(present[index])] = float(stepped[rank])
-    return adjusted
+    return _adjusted(p_values, lambda ranked, m: np.maximum.accumulate((m - np.arange(m)) * ranked))
 
 
 def benjamini_hochberg(p_values: Sequence[float | None]) -> list[float | None]:
@@ -183,17 +187,7 @@ def benjamini_hochberg(p_values: Sequence[float | None]) -> list[float | None]:
 
     Sorted ascending: q_(i) = min_{j >= i} min(1, m p_(j) / j).
     """
-    present, values = _checked(p_values)
-    adjusted: list[float | None] = [None] * len(p_values)
-    m = values.size
-    if m == 0:
-        return adjusted
-    order = np.argsort(values, kind="stable")
-    scaled = values[order] * m / np.arange(1, m + 1)
-    stepped = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
-    for rank, index in enumerate(order):
-        adjusted[int(present[index])] = float(stepped[rank])
-    return adjusted
+    return _adjusted(p_values, lambda ranked, m: np.minimum.accumulate((ranked * m / np.arange(1, m + 1))[::-1])[::-1])
 
 
 def adjust_family(tests: Sequence[dict[str, Any]], p_key: str = "p_seed", *, suffix: str = "") -> None:

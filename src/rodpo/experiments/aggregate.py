@@ -286,8 +286,10 @@ def summarise_study(
         if test["primary"]:
             test["significant_primary"] = test["p_holm_primary"] is not None and test["p_holm_primary"] < params.alpha
 
+    significant_tests = {(t["kind"], t["a"], t["b"], t["metric"]) for t in tests if t["significant"]}
+
     def significant(kind: str, a: str | None, b: str, metric: str) -> bool:
-        return any(t["significant"] and (t["kind"], t["a"], t["b"], t["metric"]) == (kind, a, b, metric) for t in tests)
+        return (kind, a, b, metric) in significant_tests
 
     def baselines(row) -> list[tuple[str, str]]:
         """(kind, setting) a row is measured against for its markers and bold: warm-up and automatic controls."""

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from rodpo.evaluation.inference import MIN_SEEDS
 from rodpo.evaluation.reports import MISSING, logit_distribution_figure, metric_label
 from rodpo.experiments.aggregate import MARKERS, VS_CONTINUED, VS_CONTROL, VS_REFERENCE, VS_WARMUP
 from rodpo.experiments.controls import CONTINUED_WARMUP, CONTROL_LABELS, LAMBDA_ZERO
@@ -94,7 +95,7 @@ def _legend(results: Mapping[str, Any], names: Mapping[str, str]) -> str:
     significance = results["significance"]
     alpha, confidence = significance["alpha"], significance["confidence"]
     seeds = results["seeds"]
-    unavailable = len(seeds) < significance.get("min_seeds", 3)
+    unavailable = len(seeds) < significance.get("min_seeds", MIN_SEEDS)
     return (
         f"{MARKERS[VS_WARMUP]} differs significantly from the row's own warm-up model; "
         f"{MARKERS[VS_CONTROL]} from its {CONTROL_NAME}: same warm-up and stage-2 budget, preference term "

@@ -14,10 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rodpo.training.negatives import NEGATIVE_STRATEGIES
+from rodpo.training.negatives import NEGATIVE_STRATEGIES, pool_size
 
 REFERENCE_FREE = {"simpo", "bpr"}
-_POOLED_STRATEGIES = ("topk_uniform", "argmax")  # losers come from a pool of K (argmax: of 1)
 
 
 def rodpo_loss(ce: torch.Tensor, preference: torch.Tensor | None, aux: torch.Tensor, *, lambda_dpo: float,
@@ -157,16 +156,16 @@ def validate_objective_config(objective: str, n_negatives: int, k: int, strategy
         raise ValueError(f"rodpo.dpo.negative_strategy={strategy!r}: expected one of {NEGATIVE_STRATEGIES}.")
     if n_negatives < 1:
         raise ValueError(f"rodpo.dpo.n_negatives={n_negatives}: need at least one loser per row.")
-    if strategy in _POOLED_STRATEGIES:
-        pool_size = 1 if strategy == "argmax" else k
-        if pool_size < 1:
+    size = pool_size(strategy, k)  # None: random draws from the whole catalog
+    if size is not None:
+        if size < 1:
             raise ValueError(f"rodpo.dpo.k={k}: the top-K pool needs at least one item.")
-        if n_negatives > pool_size:
+        if n_negatives > size:
             fix = ("set rodpo.dpo.n_negatives=1 (argmax has a pool of one item) or use "
                    "rodpo.dpo.negative_strategy=topk_uniform" if strategy == "argmax"
                    else f"lower rodpo.dpo.n_negatives to <= {k} or raise rodpo.dpo.k")
-            raise ValueError(f"rodpo.dpo.n_negatives={n_negatives} > pool size {pool_size} of "
+            raise ValueError(f"rodpo.dpo.n_negatives={n_negatives} > pool size {size} of "
                              f"rodpo.dpo.negative_strategy={strategy!r}: M distinct losers cannot come from a "
-                             f"pool of {pool_size}; {fix}.")
+                             f"pool of {size}; {fix}.")
 
 
