@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -200,3 +201,17 @@ def make_model(planted_data):
         return RoDPOModel(ModelConfig(**values))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def load_module():
+    """Load a file that is not importable as a package module (a benchmark script, a sibling test)."""
+
+    def load(path: Path, name: str):
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+

@@ -3,7 +3,6 @@ skipped by prediction, and the command line prints one JSON line per configurati
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,11 +17,8 @@ TINY = {"kind": "step", "n_items": 120, "variant": "id_only", "steps": 1, "batch
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_scale", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_module):
+    return load_module(SCRIPT, "bench_scale")
 
 
 @pytest.mark.parametrize("stage", ["warmup", "dpo", "eval"])

@@ -3,7 +3,6 @@ stage-2 configuration starts from, and every record says its ratio, target and m
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,11 +17,8 @@ TINY = {"device": "cpu", "threads": 1, "epochs": 1, "batch_size": 64, "scale": 0
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_training", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_module):
+    return load_module(SCRIPT, "bench_training")
 
 
 def test_reference_free_objectives_run_once_and_dpo_stays_pairwise(bench):

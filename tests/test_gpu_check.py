@@ -3,7 +3,6 @@ without a GPU and without --dry-run it exits 2 and writes nothing."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,11 +17,8 @@ ENV = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
-def driver():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT.with_suffix(".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def driver(load_module):
+    return load_module(SCRIPT.with_suffix(".py"), "gpu_check")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

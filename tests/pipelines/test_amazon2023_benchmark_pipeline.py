@@ -3,7 +3,6 @@ the 2023 benchmark folder: the preset, the catalog's sink datasets and the trans
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,11 +13,8 @@ STAND_INS = Path(__file__).resolve().parents[1] / "data" / "test_amazon2023_benc
 
 
 @pytest.fixture(scope="module")
-def stand_ins():
-    spec = importlib.util.spec_from_file_location("benchmark_stand_ins", STAND_INS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def stand_ins(load_module):
+    return load_module(STAND_INS, "benchmark_stand_ins")
 
 
 def newest(versioned: Path) -> Path:
