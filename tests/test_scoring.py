@@ -25,6 +25,7 @@ from rodpo.scoring import (
     chunked_cross_entropy,
     cross_entropy_and_top_k,
     cross_entropy_backend,
+    ranks_and_top_k,
     resolve_chunk_items,
     target_ranks,
     target_ranks_unmasked_and_masked,
@@ -224,6 +225,8 @@ def test_chunk_passes_allocate_their_chunk_sized_memory_once_not_per_chunk():
     passes = {
         "ranks": lambda: target_ranks_unmasked_and_masked(states.detach(), table.detach(), targets, history,
                                                           chunk_items=chunk),
+        "ranks_and_pool": lambda: ranks_and_top_k(states.detach(), table.detach(), targets, [None, history],
+                                                  top_k=10, chunk_items=chunk),
         "top_k": lambda: top_k_items(states.detach(), table.detach(), 10, exclude_targets=targets,
                                      exclude_ids=history, chunk_items=chunk),
         "ce_and_pool": lambda: cross_entropy_and_top_k(states, table, targets, 10, exclude_ids=history,
@@ -389,6 +392,20 @@ def test_unmasked_and_masked_ranks_from_one_pass_equal_dense_ranks_of_both_proto
     assert torch.equal(unmasked, dense_metric_ranks(logits, targets))
     assert torch.equal(masked, dense_metric_ranks(logits, targets, history_exclusion_mask(histories, N_ITEMS)))
     assert bool((masked < unmasked).any())  # the data has history items above the target
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)  # 3 and 7 do not divide 23
+@pytest.mark.parametrize("k", [1, 5, N_ITEMS + 3])
+def test_ranks_and_top_k_equal_the_separate_rank_and_top_k_passes_with_exact_ties(chunk, k):
+    states, table, targets, histories = integer_data()
+    (unmasked, masked), (pool_scores, pool_items) = ranks_and_top_k(states, table, targets, [None, histories],
+                                                                    top_k=k, chunk_items=chunk)
+    separate = top_k_items(states, table, k, exclude_targets=targets, chunk_items=chunk)
+    assert torch.equal(pool_items, separate[1]) and torch.equal(pool_scores, separate[0])  # ids and tie order
+    assert torch.equal(pool_items, dense_top_k(states, table, k, exclusion_mask(N_ITEMS, None, targets))[1])
+    expected = target_ranks_unmasked_and_masked(states, table, targets, histories, chunk_items=chunk)
+    assert torch.equal(unmasked, expected[0]) and torch.equal(masked, expected[1])
+    assert ranks_and_top_k(states, table, targets, [None], chunk_items=chunk)[1] is None
 
 
 @pytest.mark.parametrize("batch", [1, 7, 11])

@@ -18,7 +18,7 @@ from torch import nn
 from rodpo.devices import resolve_device
 from rodpo.distributed import SINGLE_PROCESS, DistributedContext, all_gather_rows
 from rodpo.metrics import DEFAULT_KS, ranking_metrics
-from rodpo.scoring import draw_from_pool, target_ranks, target_ranks_unmasked_and_masked, top_k_items
+from rodpo.scoring import draw_from_pool, ranks_and_top_k
 from rodpo.sequences import EvalSequences, trim_to_longest
 
 DEFAULT_EVAL_BATCH_SIZE = 2048
@@ -30,19 +30,20 @@ def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.dev
     return resolve_device(device) if isinstance(device, str) else torch.device(device)
 
 
-def scored_batches(model: nn.Module, sequences: EvalSequences, batch_size: int, device: torch.device,
-                   rows: np.ndarray | None = None
-                   ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (row indices, history items (B, L), targets (B,), last states (B, D), item table) in
-    eval mode, no grad; the scoring core ranks the states against the table chunk by chunk.
+def state_batches(model: nn.Module, items: np.ndarray, timestamps: np.ndarray, batch_size: int,
+                  device: torch.device, rows: np.ndarray | None = None
+                  ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (row indices, history items (B, L), fp32 last states (B, D), fp32 item table) in eval
+    mode, no grad, for right-padded histories `items`/`timestamps` (users, L): the one batching of
+    evaluation and recommendation; the scoring core then ranks the states against the table.
 
     Users (all, or `rows`) are visited by history length so each batch is cut to its own longest
     history (less padding). The table is computed once.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: need at least 1 sequence per batch.")
-    rows = np.arange(len(sequences.targets)) if rows is None else rows
-    by_length = rows[np.argsort((sequences.items[rows] > 0).sum(axis=1), kind="stable")]
+    rows = np.arange(len(items)) if rows is None else rows
+    by_length = rows[np.argsort((items[rows] > 0).sum(axis=1), kind="stable")]
     was_training = model.training
     model.eval()
     try:
@@ -50,11 +51,10 @@ def scored_batches(model: nn.Module, sequences: EvalSequences, batch_size: int, 
             table = model.scoring_table().float()
             for start in range(0, len(by_length), batch_size):
                 batch = by_length[start:start + batch_size]
-                items = torch.from_numpy(sequences.items[batch]).to(device)
-                timestamps = torch.from_numpy(sequences.timestamps[batch]).to(device)
-                targets = torch.from_numpy(sequences.targets[batch]).to(device)
-                items, timestamps = trim_to_longest(items, timestamps)
-                yield batch, items, targets, model.last_states(items, timestamps).float(), table
+                history = torch.from_numpy(items[batch]).to(device)
+                times = torch.from_numpy(timestamps[batch]).to(device)
+                history, times = trim_to_longest(history, times)
+                yield batch, history, model.last_states(history, times).float(), table
     finally:
         model.train(was_training)
 
@@ -81,15 +81,18 @@ def evaluate_model(model: nn.Module, sequences: EvalSequences, *, ks: Sequence[i
     masked_ranks = np.zeros(n_users, dtype=np.int64)
     samples = {"positive": np.zeros(n_users, dtype=np.float32), "negative": np.zeros(n_users, dtype=np.float32)}
     generator = torch.Generator(device=device).manual_seed(seed) if logit_sample_k else None
-    for rows, items, targets, states, table in scored_batches(model, sequences, batch_size, device, mine):
+    all_targets = torch.from_numpy(sequences.targets)
+    for rows, items, states, table in state_batches(model, sequences.items, sequences.timestamps, batch_size,
+                                                    device, mine):
+        targets = all_targets[rows].to(device)
+        exclusions = [items if mask_history else None] + ([items] if with_history_masked else [])
+        found, pool = ranks_and_top_k(states, table, targets, exclusions, top_k=logit_sample_k or None,
+                                      chunk_items=chunk_items)
+        ranks[rows] = found[0].cpu().numpy()
         if with_history_masked:
-            unmasked, masked = target_ranks_unmasked_and_masked(states, table, targets, items, chunk_items=chunk_items)
-            ranks[rows], masked_ranks[rows] = (masked if mask_history else unmasked).cpu().numpy(), masked.cpu().numpy()
-        else:
-            exclude = items if mask_history else None
-            ranks[rows] = target_ranks(states, table, targets, exclude_ids=exclude, chunk_items=chunk_items).cpu().numpy()
+            masked_ranks[rows] = found[1].cpu().numpy()
         if logit_sample_k:
-            positive, negative = _logit_pair(states, table, targets, logit_sample_k, generator, chunk_items)
+            positive, negative = _logit_pair(states, table, targets, pool[1], generator)
             samples["positive"][rows], samples["negative"][rows] = positive, negative
     if context.enabled:
         ranks = _gathered(ranks, mine, context)
@@ -112,10 +115,9 @@ def _gathered(values: np.ndarray, mine: np.ndarray, context: DistributedContext)
     return full
 
 
-def _logit_pair(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, k: int,
-                generator: torch.Generator, chunk_items: int | str) -> tuple[np.ndarray, np.ndarray]:
-    """The positive's score and one top-K-uniform negative's (Eq. 4) for each row."""
-    _, pool = top_k_items(states, table, k, exclude_targets=targets, chunk_items=chunk_items)
+def _logit_pair(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, pool: torch.Tensor,
+                generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The positive's score and one top-K-uniform negative's (Eq. 4, from the rank pass's pool) per row."""
     negatives = draw_from_pool(pool, pool > 0, 1, generator).squeeze(1)
     positive = (states * table[targets]).sum(dim=1)
     negative = (states * table[negatives]).sum(dim=1)

@@ -60,8 +60,9 @@ def test_top_n_with_original_ids_and_no_padding_item():
     assert table.filter(pl.col("user_id") == "ALICE")["item_id"].to_list() == ["ASIN2", "ASIN4", "ASIN3"]
     assert table.filter(pl.col("user_id") == "BOB")["score"].to_list() == [5.0, 4.0, 3.0]
     assert table["rank"].to_list() == [1, 2, 3, 1, 2, 3]
-    # the model read the last max_seq_len items of the FULL history (train + valid + test)
-    assert model.seen[0].tolist() == [[1, 2, 3], [1, 0, 0]]
+    # the model read the last max_seq_len items of the FULL history (train + valid + test);
+    # users are batched by history length (shortest first), as in evaluation
+    assert model.seen[0].tolist() == [[1, 0, 0], [1, 2, 3]]
 
 
 def test_exclude_history_drops_known_items_and_short_lists_stay_short():

@@ -94,6 +94,13 @@ def test_id_only_variants_run_without_features(moe_mode, temporal):
     assert scores.shape == (3, N_ITEMS + 1) and torch.isfinite(scores[:, 1:]).all()
 
 
+def test_an_id_only_scoring_table_is_the_embedding_itself_not_a_copy():
+    model = RoDPOModel(ModelConfig(n_items=N_ITEMS, hidden_size=8, max_seq_len=6, inner_size=16, modalities=("id",)))
+    assert model.scoring_table() is model.item_embedding.weight  # no (I+1, d) copy per call
+    several = _model()
+    assert several.scoring_table().shape == (N_ITEMS + 1, 8 * len(several.modalities))
+
+
 def test_config_errors_name_the_fix():
     with pytest.raises(ValueError, match="text_dim"):
         ModelConfig(n_items=5, modalities=("id", "text"))

@@ -8,16 +8,14 @@ At serving time everything a user did is known, so the model reads each user's F
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import polars as pl
 import torch
 from torch import nn
 
 from rodpo.devices import resolve_device
+from rodpo.ranking import state_batches
 from rodpo.scoring import top_k_items
-from rodpo.sequences import trim_to_longest
 
 DEFAULT_TOP_N = 20
 DEFAULT_BATCH_SIZE = 2048
@@ -69,11 +67,12 @@ def top_n_items(
     n_users = len(histories)
     item_ids = np.zeros((n_users, top_n), dtype=np.int64)
     scores = np.full((n_users, top_n), -np.inf, dtype=np.float32)
-    for start, stop, states, table in _state_batches(model, histories, timestamps, batch_size, device):
-        excluded = None if exclude is None else torch.from_numpy(_padded_lists(exclude[start:stop])).to(device)
+    histories, timestamps = np.ascontiguousarray(histories), np.ascontiguousarray(timestamps)
+    for rows, _, states, table in state_batches(model, histories, timestamps, batch_size, device):
+        excluded = None if exclude is None else torch.from_numpy(_padded_lists(exclude.gather(rows))).to(device)
         best_scores, best_items = top_k_items(states, table, top_n, exclude_ids=excluded, chunk_items=chunk_items)
-        item_ids[start:stop] = best_items.cpu().numpy()
-        scores[start:stop] = best_scores.cpu().numpy()
+        item_ids[rows] = best_items.cpu().numpy()
+        scores[rows] = best_scores.cpu().numpy()
     return item_ids, scores
 
 
@@ -141,24 +140,6 @@ def recommendations_table(
                 pl.col("original_item_id").alias("item_id"), "score")
         .cast(RECOMMENDATION_SCHEMA)
     )
-
-
-def _state_batches(model: nn.Module, histories: np.ndarray, timestamps: np.ndarray, batch_size: int,
-                   device: torch.device) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
-    """Yield (start, stop, fp32 last states (B, D), item table) over contiguous user batches, eval mode, no grad."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            table = model.scoring_table().float()
-            for start in range(0, len(histories), batch_size):
-                stop = min(start + batch_size, len(histories))
-                items = torch.from_numpy(np.ascontiguousarray(histories[start:stop])).to(device)
-                times = torch.from_numpy(np.ascontiguousarray(timestamps[start:stop])).to(device)
-                items, times = trim_to_longest(items, times)
-                yield start, stop, model.last_states(items, times).float(), table
-    finally:
-        model.train(was_training)
 
 
 def _padded_lists(lists: pl.Series) -> np.ndarray:

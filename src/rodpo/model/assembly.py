@@ -11,12 +11,13 @@ import logging
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 
-from rodpo.lineage import FEATURES, features_fingerprint, model_lineage, require_same
+from rodpo.lineage import FEATURES, check_catalog, features_fingerprint, model_lineage, require_same
 from rodpo.model.config import ModelConfig
 from rodpo.model.encoder import RoDPOModel
-from rodpo.sequences import SequenceData
+from rodpo.sequences import SequenceData, build_sequence_data
 
 logger = logging.getLogger(__name__)
 
@@ -110,3 +111,21 @@ def attach_item_features(
             )
     model.set_item_features(text=text, image=image, image_mask=image_mask)
     return model
+
+
+def prepared_model(
+    model: RoDPOModel,
+    sequence_splits: pl.DataFrame,
+    item_id_map: pl.DataFrame,
+    text: np.ndarray | None,
+    image: np.ndarray | None,
+    image_mask: np.ndarray | None,
+    feature_manifest: dict | None = None,
+    model_name: str = "the model",
+) -> tuple[RoDPOModel, SequenceData]:
+    """A saved model and the sequences it reads, as every node that trains or scores it needs them:
+    its item catalog (and the features') checked against the data's, its frozen features
+    re-attached, the splits cut to its own max_seq_len."""
+    check_catalog(item_id_map, feature_manifest, model, model_name)
+    model = attach_item_features(model, text, image, image_mask)
+    return model, build_sequence_data(sequence_splits, model.config.max_seq_len, n_items=model.config.n_items)

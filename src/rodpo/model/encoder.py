@@ -252,7 +252,7 @@ class RoDPOModel(nn.Module):
             else:  # items without an image contribute no image score
                 table = self._feature_table("image") * self.image_mask.unsqueeze(-1)
                 tables.append(self.modality_weights["image"] * table)
-        return torch.cat(tables, dim=-1)
+        return tables[0] if len(tables) == 1 else torch.cat(tables, dim=-1)  # one modality: no table copy
 
     def all_item_logits(self, states: torch.Tensor) -> torch.Tensor:
         """states (N, M*d) -> s(x, i) for every item (N, I+1); column 0 = -inf (padding never wins)."""

@@ -13,7 +13,7 @@ everywhere: equal scores -> lower item id first; NaN ranks above +inf (as in tor
 scored -inf is never returned.
 
 chunks.py (chunking, checks), cross_entropy.py (L_CE, optionally with the top-K pool from the same
-pass), top_k.py (top-K, the pool draw), ranks.py (target ranks).
+pass), top_k.py (top-K, the pool draw), ranks.py (target ranks, optionally with a top-K pool from the same pass).
 """
 
 from rodpo.scoring.chunks import (
@@ -30,11 +30,11 @@ from rodpo.scoring.cross_entropy import (
     cross_entropy_and_top_k,
     cross_entropy_backend,
 )
-from rodpo.scoring.ranks import target_ranks, target_ranks_unmasked_and_masked
+from rodpo.scoring.ranks import ranks_and_top_k, target_ranks, target_ranks_unmasked_and_masked
 from rodpo.scoring.top_k import draw_from_pool, top_k_items
 
 __all__ = [
     "AUTO_CHUNK_BYTES", "AUTO_CUDA_FREE_FRACTION", "BACKENDS", "LOGIT_BYTES", "REDUCTIONS", "SCORE_ALIGN",
     "chunked_cross_entropy", "cross_entropy_and_top_k", "cross_entropy_backend", "draw_from_pool",
-    "resolve_chunk_items", "target_ranks", "target_ranks_unmasked_and_masked", "top_k_items",
+    "ranks_and_top_k", "resolve_chunk_items", "target_ranks", "target_ranks_unmasked_and_masked", "top_k_items",
 ]

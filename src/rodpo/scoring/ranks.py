@@ -18,6 +18,7 @@ from rodpo.scoring.chunks import (
     _scores,
     resolve_chunk_items,
 )
+from rodpo.scoring.top_k import TopKPool
 
 
 def target_ranks(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, *,
@@ -35,7 +36,7 @@ def target_ranks(states: torch.Tensor, table: torch.Tensor, targets: torch.Tenso
     Identical table rows tie exactly when the BLAS scores a column independently of its position
     and of the matmul width (widths are multiples of SCORE_ALIGN for this); tested for MKL on x86.
     """
-    return _ranks(states, table, targets, [exclude_ids], chunk_items)[0]
+    return ranks_and_top_k(states, table, targets, [exclude_ids], chunk_items=chunk_items)[0][0]
 
 
 def target_ranks_unmasked_and_masked(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
@@ -44,27 +45,34 @@ def target_ranks_unmasked_and_masked(states: torch.Tensor, table: torch.Tensor, 
     """(ranks with the history rankable, ranks with `history_ids` (N, L) masked) from one pass over
     the catalog: both protocols of the published Beauty numbers (RecBole's keeps history items,
     S3-Rec's / BSARec's masks them) for the price of one. Each equals its own target_ranks call."""
-    unmasked, masked = _ranks(states, table, targets, [None, history_ids], chunk_items)
+    (unmasked, masked), _ = ranks_and_top_k(states, table, targets, [None, history_ids], chunk_items=chunk_items)
     return unmasked, masked
 
 
-def _ranks(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
-           exclusions: list[torch.Tensor | None], chunk_items: int | str) -> list[torch.Tensor]:
-    """target_ranks for each exclusion set (None = nothing excluded), sharing the chunk matmuls."""
+def ranks_and_top_k(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
+                    exclusions: list[torch.Tensor | None], *, top_k: int | None = None,
+                    chunk_items: int | str = "auto"
+                    ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
+    """target_ranks for each exclusion set (None = the target alone excluded), sharing the chunk
+    matmuls, and with `top_k` the k best items other than the target, (scores, ids) as
+    `top_k_items(..., exclude_targets=targets)` returns them: the evaluation's ranks and Figure 4's
+    negative pool from one pass over the catalog."""
     n_rows, n_items = _check_scoring_inputs(states, table)
     targets = _check_ids("targets", targets, n_rows, 1, 1, n_items, states.device)
     excluded = [_exclusion_ids(n_rows, n_items, ids, targets, states.device) if ids is not None else None
                 for ids in exclusions]
     width = resolve_chunk_items(chunk_items, n_rows, n_items, states.device)
     dtype = _matmul_dtype(states, table)
+    pool = None if top_k is None else TopKPool(n_rows, n_items, top_k, dtype, states.device,
+                                               exclude_targets=targets)
     with torch.no_grad(), _autocast_off(states.device):
         states_c = states.to(dtype)
         provisional = _target_scores(states_c, table, targets, width, dtype)
-        counts, own = _count_beating(states_c, table, targets, provisional, excluded, width, dtype)
+        counts, own = _count_beating(states_c, table, targets, provisional, excluded, width, dtype, pool)
         same = (own == provisional) | (own.isnan() & provisional.isnan())
         if not bool(same.all()):
             counts, _ = _count_beating(states_c, table, targets, own, excluded, width, dtype)
-    return [count + 1 for count in counts]
+    return [count + 1 for count in counts], None if pool is None else pool.result()
 
 
 def _target_scores(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, width: int,
@@ -80,11 +88,11 @@ def _target_scores(states: torch.Tensor, table: torch.Tensor, targets: torch.Ten
 
 
 def _count_beating(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, target_scores: torch.Tensor,
-                   exclusions: list[torch.Tensor | None], width: int, dtype: torch.dtype
-                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
+                   exclusions: list[torch.Tensor | None], width: int, dtype: torch.dtype,
+                   pool: TopKPool | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Per exclusion set, per row: competitors j with not (s_j < target_scores), i.e. >= or NaN on
     either side; and the target's own score from its chunk. An exclusion (N, L') must contain the
-    target; None excludes the target alone."""
+    target; None excludes the target alone. `pool` is fed each chunk's scores once counted."""
     n_items = table.shape[0] - 1
     counts = [torch.zeros(states.shape[0], dtype=torch.long, device=states.device) for _ in exclusions]
     own = target_scores.clone()
@@ -103,4 +111,6 @@ def _count_beating(states: torch.Tensor, table: torch.Tensor, targets: torch.Ten
                 count += (stop - fresh) - _count_flags(flags[:, :stop - fresh])
             else:  # the target itself sits among the "beating" columns of its chunk: take it off
                 count += (stop - fresh) - _count_flags(flags[:, :stop - fresh]) - inside.long()
+        if pool is not None:
+            pool.add(scores, chunk, overwrite=True)  # last use of this chunk's scores
     return counts, own

@@ -9,10 +9,8 @@ import polars as pl
 
 from rodpo.evaluation.case_study import build_case_study, case_study_markdown
 from rodpo.evaluation.recommend import DEFAULT_BATCH_SIZE, top_n_items
-from rodpo.lineage import check_catalog
 from rodpo.model.encoder import RoDPOModel
-from rodpo.model.assembly import attach_item_features
-from rodpo.sequences import build_sequence_data
+from rodpo.model.assembly import prepared_model
 
 
 @dataclass
@@ -42,9 +40,9 @@ def report_case_study(
     """Top-k of both models for every test user, then a markdown report on a few seeded picks."""
     top_lists, exclude = {}, None
     for name, model in (("warmup", warmup_model), ("rodpo", rodpo_model)):
-        check_catalog(items, model=model, model_name=f"the {name} model")
-        model = attach_item_features(model, item_text_features, item_image_features, item_image_mask)
-        test = build_sequence_data(sequence_splits, model.config.max_seq_len).test
+        model, data = prepared_model(model, sequence_splits, items, item_text_features, item_image_features,
+                                     item_image_mask, model_name=f"the {name} model")
+        test = data.test
         if case_study.mask_history and exclude is None:
             exclude = _test_histories(sequence_splits, test.user_ids)
         top_lists[name], _ = top_n_items(model, test.items, test.timestamps, top_n=case_study.top_k,

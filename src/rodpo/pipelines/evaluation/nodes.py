@@ -11,10 +11,8 @@ import polars as pl
 from rodpo.metrics import ranking_metrics
 from rodpo.ranking import evaluate_model
 from rodpo.evaluation.reports import comparison_table_markdown, logit_distribution_figure, metrics_markdown
-from rodpo.lineage import check_catalog
 from rodpo.model.encoder import RoDPOModel
-from rodpo.model.assembly import attach_item_features
-from rodpo.sequences import build_sequence_data
+from rodpo.model.assembly import prepared_model
 
 
 @dataclass
@@ -39,9 +37,8 @@ def evaluate_recommender(
     evaluation: EvaluationParams,
 ) -> tuple[dict, pl.DataFrame, pl.DataFrame]:
     """Validation and test metrics, per-user ranks (for CIs and paired tests) and Figure 4 samples."""
-    check_catalog(item_id_map, feature_manifest, model)
-    model = attach_item_features(model, item_text_features, item_image_features, item_image_mask)
-    data = build_sequence_data(sequence_splits, model.config.max_seq_len, n_items=model.config.n_items)
+    model, data = prepared_model(model, sequence_splits, item_id_map, item_text_features, item_image_features,
+                                 item_image_mask, feature_manifest)
     options = dict(ks=evaluation.ks, batch_size=evaluation.batch_size, device=evaluation.device,
                    mask_history=evaluation.mask_history, chunk_items=evaluation.score_chunk_items,
                    with_history_masked=True)  # the masked protocol as a second column, same pass

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from rodpo.lineage import STAGE, check_catalog, model_lineage
+from rodpo.lineage import STAGE, model_lineage
 from rodpo.model.encoder import RoDPOModel
-from rodpo.model.assembly import attach_item_features
-from rodpo.sequences import build_sequence_data
+from rodpo.model.assembly import prepared_model
 from rodpo.training.trainer import TrainConfig, train
 
 
@@ -25,9 +24,8 @@ def train_rodpo_model(
     """pi_theta <- pi_sft, pi_ref <- frozen pi_sft; optimise L_CE + lambda * L_DPO (Eq. 6)."""
     if rodpo.stage != "dpo":
         raise ValueError(f"params:rodpo has stage={rodpo.stage!r}; the DPO stage must say 'dpo'.")
-    check_catalog(item_id_map, feature_manifest, warmup_model, "the warm-up model")
-    sft = attach_item_features(warmup_model, item_text_features, item_image_features, item_image_mask)
-    data = build_sequence_data(sequence_splits, sft.config.max_seq_len, n_items=sft.config.n_items)
+    sft, data = prepared_model(warmup_model, sequence_splits, item_id_map, item_text_features, item_image_features,
+                               item_image_mask, feature_manifest, "the warm-up model")
     trained, history = train(sft, data, rodpo)
     trained.lineage = {**model_lineage(warmup_model), STAGE: "dpo"}
     return trained, history
