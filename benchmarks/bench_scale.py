@@ -57,13 +57,8 @@ from rodpo.training.stage import Stage, set_policy_mode
 from rodpo.training.trainer import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, however this file is loaded
-from dense_reference import (  # noqa: E402
-    DENSE_BYTES_PER_CELL,  # noqa: F401 - read by tests
-    dense_predicted_bytes,
-    dense_ranks,
-    dense_step_loss,
-)
-from measuring import peak_rss_bytes, synchronize, tensor_bytes  # noqa: E402
+from dense_reference import DENSE_BYTES_PER_CELL, dense_predicted_bytes, dense_ranks, dense_step_loss  # noqa: E402,F401
+from measuring import peak_rss_bytes, rank_pass_vs_matmul, synchronize, tensor_bytes  # noqa: E402
 
 N_ITEMS = (10_000, 100_000, 1_000_000)
 STAGES = ("warmup", "dpo", "eval")
@@ -218,6 +213,12 @@ def measure_step(config: dict) -> dict:
         _start_peak_count(record, device)
         seconds = timed_steps(run_step, steps, device)
         record["state_bytes"] = {"parameters": tensor_bytes(model.parameters())}
+        if path == "chunked":  # the rank pass alone (states encoded once) against its matmul floor
+            with torch.inference_mode():
+                items = torch.from_numpy(data.test.items).to(device)
+                states = model.eval().last_states(items, torch.from_numpy(data.test.timestamps).to(device))
+                record.update(rank_pass_vs_matmul(states.float(), model.scoring_table().float(),
+                                                  torch.from_numpy(data.test.targets).to(device), config["chunk_items"]))
     else:
         train_config = TrainConfig(stage=stage_name, batch_size=batch_size, device=str(device), progress_bar=False,
                                    score_chunk_items=config["chunk_items"], seed=SEED,
@@ -337,11 +338,8 @@ def planned_configs(args: argparse.Namespace) -> list[dict]:
 
 def run_in_subprocess(config: dict, threads: int) -> dict:
     """Run one configuration in a fresh interpreter; its last stdout line is the JSON record."""
-    env = dict(os.environ)
-    if config["kind"] == "scaling":  # rodpo.devices gives each rank OMP_NUM_THREADS threads
-        env["OMP_NUM_THREADS"] = str(max(1, threads // config["world_size"]))
-    else:
-        env["OMP_NUM_THREADS"] = str(threads)
+    per_process = max(1, threads // config["world_size"]) if config["kind"] == "scaling" else threads
+    env = {**os.environ, "OMP_NUM_THREADS": str(per_process)}  # rodpo.devices: each rank takes OMP_NUM_THREADS
     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(config)],
                           stdout=subprocess.PIPE, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]

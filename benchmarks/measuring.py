@@ -1,8 +1,11 @@
-"""What the benchmarks measure with: peak RSS, device synchronisation, tensor bytes (one copy for all)."""
+"""What the benchmarks measure with: peak RSS, device synchronisation, tensor bytes, the rank pass
+against its matmul floor (one copy for all)."""
 
 from __future__ import annotations
 
 import resource
+import statistics
+import time
 
 import torch
 
@@ -19,3 +22,38 @@ def synchronize(device: torch.device) -> None:
 
 def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def rank_pass_vs_matmul(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
+                        chunk_items: int | str, repeats: int = 3) -> dict:
+    """Median seconds of the exact target-rank pass (rodpo.scoring.target_ranks) over the catalog and
+    of its chunk matmuls alone (the same widths, into one reused buffer): the floor the pass can
+    approach, and their ratio (issue 18's target: <= 1.5)."""
+    from rodpo.scoring import SCORE_ALIGN, resolve_chunk_items, target_ranks
+
+    n_rows, n_items = states.shape[0], table.shape[0] - 1
+    width = resolve_chunk_items(chunk_items, n_rows, n_items, states.device)
+    width = -(-width // SCORE_ALIGN) * SCORE_ALIGN
+    buffer = torch.empty(n_rows * width, dtype=states.dtype, device=states.device)
+
+    def matmuls() -> None:
+        for first in range(1, n_items + 1, width):
+            rows = table[first:first + width]
+            torch.mm(states, rows.T, out=buffer[:n_rows * rows.shape[0]].view(n_rows, rows.shape[0]))
+
+    def median_seconds(run) -> float:
+        run()  # first call: allocator and kernels
+        seconds = []
+        for _ in range(repeats):
+            synchronize(states.device)
+            started = time.perf_counter()
+            run()
+            synchronize(states.device)
+            seconds.append(time.perf_counter() - started)
+        return statistics.median(seconds)
+
+    with torch.inference_mode():
+        rank_s = median_seconds(lambda: target_ranks(states, table, targets, chunk_items=chunk_items))
+        matmul_s = median_seconds(matmuls)
+    return {"rank_pass_s": round(rank_s, 6), "matmul_s": round(matmul_s, 6),
+            "rank_pass_over_matmul": round(rank_s / matmul_s, 3), "target_rank_pass_over_matmul": 1.5}

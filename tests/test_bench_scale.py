@@ -31,6 +31,9 @@ def test_every_stage_and_path_gives_a_timed_record(bench, stage, path):
     assert record["chunk_items"] == (None if path == "dense" else 64)
     assert record["rows"] == (8 if stage == "eval" else 4 * bench.MAX_SEQ_LEN)
     assert ("predicted_bytes" in record) == (path == "dense")
+    if (stage, path) == ("eval", "chunked"):  # the rank pass against its matmul floor
+        assert record["rank_pass_s"] > 0 and record["matmul_s"] > 0
+        assert record["rank_pass_over_matmul"] == pytest.approx(record["rank_pass_s"] / record["matmul_s"], rel=0.01, abs=0.001)
 
 
 def test_multimodal_dpo_step(bench):
