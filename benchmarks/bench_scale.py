@@ -38,7 +38,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -58,7 +57,7 @@ from rodpo.training.trainer import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, however this file is loaded
 from dense_reference import DENSE_BYTES_PER_CELL, dense_predicted_bytes, dense_ranks, dense_step_loss  # noqa: E402,F401
-from measuring import peak_rss_bytes, rank_pass_vs_matmul, synchronize, tensor_bytes  # noqa: E402
+from measuring import peak_rss_bytes, rank_pass_vs_matmul, run_fresh, synchronize, tensor_bytes  # noqa: E402
 
 N_ITEMS = (10_000, 100_000, 1_000_000)
 STAGES = ("warmup", "dpo", "eval")
@@ -337,17 +336,11 @@ def planned_configs(args: argparse.Namespace) -> list[dict]:
 
 
 def run_in_subprocess(config: dict, threads: int) -> dict:
-    """Run one configuration in a fresh interpreter; its last stdout line is the JSON record."""
+    """One configuration in a fresh interpreter; a world-size run gives each rank threads // world_size."""
     per_process = max(1, threads // config["world_size"]) if config["kind"] == "scaling" else threads
-    env = {**os.environ, "OMP_NUM_THREADS": str(per_process)}  # rodpo.devices: each rank takes OMP_NUM_THREADS
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(config)],
-                          stdout=subprocess.PIPE, text=True, env=env)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode == 0 and lines:
-        return json.loads(lines[-1])
-    why = " (killed: out of memory?)" if done.returncode in (-9, 137) else ""
+    record = run_fresh(__file__, config, per_process)
     fields = ("n_items", "variant", "stage", "path", "world_size")
-    return {**{k: config[k] for k in fields if k in config}, "error": f"exit code {done.returncode}{why}"}
+    return {**{k: config[k] for k in fields if k in config}, **record} if "error" in record else record
 
 
 def main() -> None:

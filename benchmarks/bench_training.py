@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +45,7 @@ from rodpo.training.stage import Stage
 from rodpo.training.trainer import DPOConfig, TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling module, however this file is loaded
-from measuring import peak_rss_bytes, synchronize, tensor_bytes  # noqa: E402
+from measuring import peak_rss_bytes, run_fresh, synchronize, tensor_bytes  # noqa: E402
 
 TOYS = {"users": 19_412, "items": 11_924, "actions": 167_597}
 MIN_ACTIONS_PER_USER = 5  # 5-core: valid + test + at least 3 training items
@@ -270,30 +268,18 @@ def stage2_configs(objectives: list[str], references: list[str], n_negatives: in
     return configs
 
 
-def run_fresh(config: dict) -> dict:
-    """One configuration in a fresh interpreter (its own peak RSS); its last stdout line is the record."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(config["threads"])}
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(config)],
-                          stdout=subprocess.PIPE, text=True, env=env)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode == 0 and lines:
-        return json.loads(lines[-1])
-    why = " (killed: out of memory?)" if done.returncode in (-9, 137) else ""
-    return {"error": f"exit code {done.returncode}{why}"}
-
-
 def bench_variant(variant: str, common: dict, configs: list[dict], workdir: Path) -> dict:
     warm_weights = str(workdir / f"{variant}-warmup.pt")
     shared = {**common, "variant": variant, "warm_weights": warm_weights}
     print(f"bench_training: {variant} warm-up", file=sys.stderr, flush=True)
-    result = run_fresh({**shared, "kind": "warmup"})
+    result = run_fresh(__file__, {**shared, "kind": "warmup"}, shared["threads"])
     if "error" in result:
         return result
     result["objectives"] = {}
     for config in configs:
         print(f"bench_training: {variant} {config['objective']} reference={config['reference']}",
               file=sys.stderr, flush=True)
-        record = run_fresh({**shared, **config})
+        record = run_fresh(__file__, {**shared, **config}, shared["threads"])
         result["objectives"].setdefault(config["objective"], {})[config["reference"] or "none"] = record
     paper_dpo = result["objectives"].get("dpo", {}).get("model", {})  # the fields earlier runs reported
     if "ratio_to_warmup" in paper_dpo:

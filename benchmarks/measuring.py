@@ -1,17 +1,35 @@
 """What the benchmarks measure with: peak RSS, device synchronisation, tensor bytes, the rank pass
-against its matmul floor (one copy for all)."""
+against its matmul floor, a configuration in a fresh process (one copy for all)."""
 
 from __future__ import annotations
 
+import json
+import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 
 def peak_rss_bytes(who: int = resource.RUSAGE_SELF) -> int:
     return resource.getrusage(who).ru_maxrss * 1024  # Linux reports KiB
+
+
+def run_fresh(script: str | Path, config: dict, threads: int) -> dict:
+    """`script --one <config>` in a fresh interpreter (its own peak RSS) with OMP_NUM_THREADS=threads;
+    its last JSON stdout line is the record, else {"error": ...} with the exit code."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run([sys.executable, str(Path(script).resolve()), "--one", json.dumps(config)],
+                          stdout=subprocess.PIPE, text=True, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    why = " (killed: out of memory?)" if done.returncode in (-9, 137) else ""
+    return {"error": f"exit code {done.returncode}{why}"}
 
 
 def synchronize(device: torch.device) -> None:
