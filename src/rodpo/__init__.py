@@ -2,7 +2,12 @@
 
 import warnings
 
+from rodpo.allocator import tune_malloc
+
 __version__ = "0.1.0"
+
+# Large scoring buffers are kept by the heap instead of being unmapped on every free (rodpo.allocator).
+MALLOC_TUNED = tune_malloc()
 
 # MLflow warns "Add type hints to the `predict` method ..." when kedro-mlflow's KedroPipelineModel
 # class is defined: a note to kedro-mlflow's authors, printed on every `kedro run`, that no user of
