@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from kedro.config import OmegaConfigLoader
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
-from rodpo.hooks import TrackingHook, _as_dict, artifact_location, tracking_uri
+from rodpo.hooks import TrackingHook, params_as_dict, artifact_location, tracking_uri
 
 
 def test_default_store_is_under_the_project_root(monkeypatch, tmp_path):
@@ -41,8 +41,8 @@ def test_dataclass_parameters_become_nested_dicts():
         lr: float = 0.001
         dpo: Inner = field(default_factory=Inner)
 
-    assert _as_dict(Outer()) == {"lr": 0.001, "dpo": {"beta": 1.0}}
-    assert _as_dict({"a": 1}) == {"a": 1} and _as_dict(Outer) is Outer and _as_dict(Path("x")) == Path("x")
+    assert params_as_dict(Outer()) == {"lr": 0.001, "dpo": {"beta": 1.0}}
+    assert params_as_dict({"a": 1}) == {"a": 1} and params_as_dict(Outer) is Outer and params_as_dict(Path("x")) == Path("x")
 
 
 def _resolved_mlflow_config(project: Path, monkeypatch) -> dict:

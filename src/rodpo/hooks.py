@@ -113,7 +113,7 @@ class TrackingHook(MlflowHook):
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool) -> None:
-        plain = {name: _as_dict(value) if name.startswith("params:") else value for name, value in inputs.items()}
+        plain = {name: params_as_dict(value) if name.startswith("params:") else value for name, value in inputs.items()}
         super().before_node_run(node, catalog, plain, is_async)
 
     @hook_impl
@@ -145,7 +145,7 @@ def _configured_tracking_uri(context) -> str | None:
         return None
 
 
-def _as_dict(value: Any) -> Any:
+def params_as_dict(value: Any) -> Any:
     """A dataclass parameter as the nested dict it was written as in YAML; anything else unchanged."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)

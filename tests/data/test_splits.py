@@ -10,7 +10,7 @@ from rodpo.data.preprocess import ID_DTYPE
 from rodpo.data.splits import AMAZON2023_T1, AMAZON2023_T2, check_protocol, global_time_split, split_statistics
 from rodpo.experiments.aggregate import seed_averaged_user_metrics
 from rodpo.pipelines.data_processing.nodes import ProcessingParams, processing_params
-from rodpo.pipelines.evaluation.nodes import _ranks_table
+from rodpo.pipelines.evaluation.nodes import ranks_table
 from rodpo.sequences import build_sequence_data
 
 T1, T2 = 100_000, 200_000  # ms: 100 s and 200 s
@@ -64,7 +64,7 @@ def test_ranks_table_and_per_user_means_with_several_targets():
     valid = {"user_ids": np.array([2, 2, 3]), "ranks": np.array([1, 3, 7]), "ranks_history_masked": np.array([1, 2, 5])}
     test = {"user_ids": np.array([2, 2, 3, 4]), "ranks": np.array([2, 1, 9, 4]),
             "ranks_history_masked": np.array([2, 1, 8, 4])}
-    table = _ranks_table(valid, test, several_targets=True)
+    table = ranks_table(valid, test, several_targets=True)
     assert table.select("user_id", "target_index", "valid_rank", "test_rank").rows() == [
         (2, 0, 1, 2), (2, 1, 3, 1), (3, 0, 7, 9), (4, 0, None, 4)]
     per_user = seed_averaged_user_metrics([table], ["mrr@10"])
@@ -95,8 +95,8 @@ def test_a_preset_sets_the_cut_points_and_unknown_fields_are_refused():
 
 
 def test_case_study_masks_each_test_row_with_its_users_history():
-    from rodpo.pipelines.case_study.nodes import _test_histories
+    from rodpo.pipelines.case_study.nodes import histories_of_test_users
 
     splits = global_time_split(sequences(), T1, T2)
     test = build_sequence_data(splits, max_seq_len=3).test
-    assert _test_histories(splits, test.user_ids).to_list() == [[4, 5, 6], [4, 5, 6], [9], []]
+    assert histories_of_test_users(splits, test.user_ids).to_list() == [[4, 5, 6], [4, 5, 6], [9], []]

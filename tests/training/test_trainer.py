@@ -234,15 +234,15 @@ def test_stage2_whose_every_epoch_worsens_validation_returns_the_warmups_weights
 
 
 def test_a_run_saved_before_epoch_0_was_a_candidate_lets_the_warmup_win():
-    from rodpo.training.trainer import _count_epoch_zero
+    from rodpo.training.trainer import count_epoch_zero
 
     history = [{"epoch": 0, "valid_ndcg@10": 0.2}, {"epoch": 1, "valid_ndcg@10": 0.1},
                {"epoch": 2, "valid_ndcg@10": 0.15}]
     best = {"metric": 0.15, "epoch": 2, "evals_since": 0}
-    _count_epoch_zero(best, history, "ndcg@10")
+    count_epoch_zero(best, history, "ndcg@10")
     assert best == {"metric": 0.2, "epoch": 0, "evals_since": 2}
     counted = {"metric": 0.25, "epoch": 1, "evals_since": 1}
-    _count_epoch_zero(counted, history, "ndcg@10")  # a stage-2 epoch above the warm-up stays the best
+    count_epoch_zero(counted, history, "ndcg@10")  # a stage-2 epoch above the warm-up stays the best
     assert counted == {"metric": 0.25, "epoch": 1, "evals_since": 1}
 
 

@@ -75,7 +75,7 @@ def _log_epoch(entry: dict[str, Any]) -> None:
     logger.info("%s epoch %d: %s", entry["stage"], entry["epoch"], text)
 
 
-def _count_epoch_zero(best: dict[str, Any], history: list[dict[str, Any]], valid_metric: str) -> None:
+def count_epoch_zero(best: dict[str, Any], history: list[dict[str, Any]], valid_metric: str) -> None:
     """Make the warm-up (stage 2's epoch 0) the best when it scores above every stage-2 epoch: a
     no-op for runs that counted it from the start, the fix for runs saved before they did."""
     key = f"valid_{valid_metric}"
@@ -156,7 +156,7 @@ def _train_epochs(context: DistributedContext, stage: Stage, config: TrainConfig
         history, best_info = list(state["history"]), state["best"]
         best.update(metric=best_info["metric"], epoch=best_info["epoch"], evals_since=best_info["evals_since"])
         if stage.is_dpo:
-            _count_epoch_zero(best, history, valid_metric)
+            count_epoch_zero(best, history, valid_metric)
         finished = checkpoint.is_done() and (state["stopped_early"] or state["epoch"] >= config.epochs)
         if finished:
             logger.info("%s: finished run found in %s (best epoch %d), not training again.",

@@ -44,7 +44,7 @@ def report_case_study(
                                      item_image_mask, model_name=f"the {name} model")
         test = data.test
         if case_study.mask_history and exclude is None:
-            exclude = _test_histories(sequence_splits, test.user_ids)
+            exclude = histories_of_test_users(sequence_splits, test.user_ids)
         top_lists[name], _ = top_n_items(model, test.items, test.timestamps, top_n=case_study.top_k,
                                          exclude=exclude, batch_size=case_study.batch_size,
                                          device=case_study.device)
@@ -67,7 +67,7 @@ def report_case_study(
     )
 
 
-def _test_histories(sequence_splits: pl.DataFrame, user_ids: np.ndarray) -> pl.Series:
+def histories_of_test_users(sequence_splits: pl.DataFrame, user_ids: np.ndarray) -> pl.Series:
     """Each test row's whole input history (train + valid items), aligned with the rows: one per user
     under leave-one-out, one per (user, target) with several targets."""
     valid = "valid_item_id" if "valid_item_id" in sequence_splits.columns else "valid_item_ids"

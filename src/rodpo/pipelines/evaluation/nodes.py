@@ -66,10 +66,10 @@ def evaluate_recommender(
                 metrics[f"{split}_without_history"] = ranking_metrics(result["ranks"][empty], evaluation.ks)
             if empty.any() and not empty.all():
                 metrics[f"{split}_with_history"] = ranking_metrics(result["ranks"][~empty], evaluation.ks)
-    return metrics, _ranks_table(valid, test, several), pl.DataFrame(samples)
+    return metrics, ranks_table(valid, test, several), pl.DataFrame(samples)
 
 
-def _ranks_table(valid: dict, test: dict, several_targets: bool) -> pl.DataFrame:
+def ranks_table(valid: dict, test: dict, several_targets: bool) -> pl.DataFrame:
     """One row per user (leave-one-out); with several targets per user, one row per user and target
     index (the k-th valid and k-th test target of the user side by side, null where one is missing)."""
     columns = ("user_id", "valid_rank", "test_rank", "valid_rank_history_masked", "test_rank_history_masked")
