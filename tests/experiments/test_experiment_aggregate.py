@@ -222,6 +222,8 @@ def test_rows_are_tested_against_both_automatic_controls_and_named_rows():
     kinds = {(t["kind"], t["a"], t["b"]) for t in results["tests"]}
     assert {("vs_control", "c0", "rodpo"), ("vs_continued_warmup", "c1", "rodpo"),
             ("vs_same_losers", "dpo_m", "rodpo")} <= kinds
+    assert {("vs_warmup", "warmup", "c0"), ("vs_warmup", "warmup", "c1")} <= kinds  # the controls themselves
+    assert len(results["tests"]) == len(kinds)  # each comparison once, though both rows name the controls
     rodpo = results["rows"][0]
     assert rodpo["markers"]["ndcg@5"] == "†§¶" and rodpo["bold"]["ndcg@5"]
     assert results["rows"][1]["markers"]["ndcg@5"] == "‡" and not results["rows"][1]["bold"]["ndcg@5"]

@@ -11,7 +11,9 @@ study declares primary (``<preset>.primary``) are also adjusted over their own, 
 (p_holm_primary). The old user-level test (per-user metrics averaged over seeds, sign-flip over
 users) stays as a secondary column, "users, models fixed": it ignores training randomness.
 Kinds of comparison:
-  vs_warmup:    a = the row's own warm-up, b = the row (stage 2's effect; marker †)
+  vs_warmup:    a = the row's own warm-up, b = the row (stage 2's effect; marker †); also each
+                automatic control against that warm-up (what training longer does without the
+                preference term)
   vs_control:   a = the row's λ = 0 control (same warm-up and stage-2 budget, CE only, no dropout),
                 b = the row (the preference term's own effect, beyond training longer; marker §)
   vs_continued_warmup: a = the row's continued warm-up (the same budget with the warm-up's loss,
@@ -278,6 +280,10 @@ def summarise_study(
         compare_controls(row.controls or ({LAMBDA_ZERO: row.control} if row.control else {}), row.setting)
         if row.setting != study.reference:
             compare(VS_REFERENCE, row.setting, study.reference)
+    for row in study.rows:  # the automatic controls against their warm-up: does training longer help at all?
+        for name, control in (row.controls or {}).items():
+            if name in CONTROL_KINDS and not row.warmup_only and control != row.setting:
+                compare(VS_WARMUP, row.warmup, control)
     adjust_family(tests)
     chosen = [test for test in tests if test["primary"]]
     adjust_family(chosen, suffix="_primary")
