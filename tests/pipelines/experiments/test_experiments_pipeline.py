@@ -113,6 +113,28 @@ def test_the_verdict_rows_run_on_eight_seeds_and_the_rest_of_the_grid_on_three(p
     assert set(one.studies) == {"verdict"} and {run.rpartition("_s")[2] for run in one.runs()} == {"2025"}
 
 
+def test_the_multimodal_preset_plans_the_papers_regime_its_moe_and_text_ablations(parameters):
+    plan = plan_from_parameters(parameters, "multimodal")
+    regime, without_moe, modalities = (plan.studies[name] for name in ("regime", "without_moe", "modalities"))
+    assert regime.seeds == tuple(range(2020, 2025)) and without_moe.seeds == (2020, 2021, 2022)
+    assert modalities.seeds == (2020,)
+    assert {"warmup", "rodpo", "rodpo_n_negatives4_objective_sdpo", "control_lambda0",
+            "control_continued_warmup"} <= set(regime.settings())
+    assert parameters["multimodal"]["overrides"]["model.modalities"] == ["id", "text"]  # no image branch
+    ablation = {row.label: plan.settings[row.setting].difference.get("model.modalities", ["id", "text"])
+                for row in modalities.rows}
+    assert ablation == {"ID only": ["id"], "ID + text": ["id", "text"], "text only (no ID embedding)": ["text"]}
+    pipe = experiments_pipeline(plan, "multimodal")
+    # warm-ups: 5 full models, 3 w/o MoE, ID-only and text-only on one seed
+    assert len(_by_suffix(pipe, "train_warmup_model")) == 5 + 3 + 2
+    # stage 2: 5 rows + 2 controls on 5 seeds; w/o MoE's RoDPO and its 2 controls on 3 seeds
+    assert len(_by_suffix(pipe, "train_rodpo_model")) == 7 * 5 + 3 * 3
+    assert parameters["multimodal"]["primary"] == [
+        {"study": "regime", "row": "DPO, top-K uniform (RoDPO)", "versus": "warmup", "metric": "ndcg@5"}]
+    bootstrap_project(REPO_ROOT)
+    assert "multimodal" in pipelines
+
+
 def test_run_time_parameters_that_change_the_runs_stop_the_plan_node(parameters):
     """The structure is built from conf; `--params` that would add or merge runs must not run silently."""
     plan = plan_from_parameters(parameters, "experiments_quick")
