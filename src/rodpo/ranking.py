@@ -85,12 +85,13 @@ def evaluate_model(model: nn.Module, sequences: EvalSequences, *, ks: Sequence[i
     for rows, items, states, table in state_batches(model, sequences.items, sequences.timestamps, batch_size,
                                                     device, mine):
         targets = all_targets[rows].to(device)
-        exclusions = [items if mask_history else None] + ([items] if with_history_masked else [])
+        # the reported protocol first; the masked one once more only if it is not already that one
+        exclusions = [items if mask_history else None] + ([items] if with_history_masked and not mask_history else [])
         found, pool = ranks_and_top_k(states, table, targets, exclusions, top_k=logit_sample_k or None,
                                       chunk_items=chunk_items)
         ranks[rows] = found[0].cpu().numpy()
         if with_history_masked:
-            masked_ranks[rows] = found[1].cpu().numpy()
+            masked_ranks[rows] = found[-1].cpu().numpy()
         if logit_sample_k:
             positive, negative = _logit_pair(states, table, targets, pool[1], generator)
             samples["positive"][rows], samples["negative"][rows] = positive, negative

@@ -67,7 +67,6 @@ def top_n_items(
     n_users = len(histories)
     item_ids = np.zeros((n_users, top_n), dtype=np.int64)
     scores = np.full((n_users, top_n), -np.inf, dtype=np.float32)
-    histories, timestamps = np.ascontiguousarray(histories), np.ascontiguousarray(timestamps)
     for rows, _, states, table in state_batches(model, histories, timestamps, batch_size, device):
         excluded = None if exclude is None else torch.from_numpy(_padded_lists(exclude.gather(rows))).to(device)
         best_scores, best_items = top_k_items(states, table, top_n, exclude_ids=excluded, chunk_items=chunk_items)
